@@ -1,0 +1,1 @@
+"""pipewave service: schedules, runtime, control plane."""

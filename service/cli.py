@@ -1,0 +1,155 @@
+"""The ``pipewave`` command line: train a job, inspect a schedule.
+
+Bad input ends with one readable line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="pipewave: elastic, asynchronous pipeline-parallel training on Ray.")
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def schedule(
+    name: Annotated[str, typer.Argument(help="gpipe | 1f1b | pipedream | 2bw")],
+    stages: Annotated[int, typer.Option("--stages", "-s", min=1, max=64)] = 4,
+    microbatches: Annotated[int, typer.Option("--microbatches", "-m", min=1, max=1024)] = 8,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000)] = 1,
+    vertical_sync: Annotated[bool, typer.Option("--vertical-sync")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Print a schedule's step x stage grid and its simulated figures (unit costs)."""
+    from service.schedules import make_schedule
+    from service.schedules.report import describe, render_report
+
+    try:
+        sched = make_schedule(name, stages, microbatches, steps, vertical_sync=vertical_sync)
+    except ValueError as err:
+        fail(str(err).splitlines()[0])
+    if as_json:
+        print(json.dumps(describe(sched), indent=2))
+    else:
+        print(render_report(sched))
+
+
+@app.command()
+def train(
+    job: Annotated[Path, typer.Argument(help="job spec, YAML or JSON")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster address; none starts a local one")] = None,
+    output: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="override the spec's steps")] = None,
+    resume: Annotated[bool, typer.Option(help="resume from the output's latest checkpoint")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train a job end to end with a progress bar; a summary at the end."""
+    from service.spec import SpecError, load_spec
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        spec = load_spec(job, {"steps": steps} if steps else None)
+    except SpecError as err:
+        fail(str(err))
+    out = output or Path("runs") / spec.name
+    summary = _train(spec, out, address, resume, quiet=as_json)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    if summary["state"] != "SUCCEEDED":
+        raise typer.Exit(1 if summary["state"] == "FAILED" else 130)
+
+
+def _train(spec: Any, out: Path, address: str | None, resume: bool, quiet: bool) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from service.runtime import connect, disconnect
+
+    embedded = address is None
+    try:
+        connect(address, spec.stages)
+    except Exception as err:  # unreachable cluster, bad address
+        fail(f"cannot connect to Ray at {address}: {str(err).splitlines()[0] if str(err) else err}")
+    from service.controller import ControllerOptions, Event, JobController
+
+    cpus = max(1, (os.cpu_count() or 1) // spec.stages) if embedded else 1
+    opts = ControllerOptions(cpus_per_stage=1, threads_per_stage=cpus, resume=resume)
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                   TimeRemainingColumn(), console=err_console, disable=quiet)
+    task = bar.add_task(spec.name, total=spec.steps, loss="-", rate="")
+    state: dict[str, tuple[int, float] | None] = {"last": None}
+
+    def on_progress(step: int, loss: float | None) -> None:
+        import time
+
+        now = time.time()
+        prev = state["last"]
+        rate = ""
+        if prev is not None and step > prev[0]:
+            rate = f"{(step - prev[0]) * spec.batch_size / (now - prev[1]):.1f} samples/s"
+        if prev is None or step > prev[0]:
+            state["last"] = (step, now)
+        fields: dict[str, Any] = {"loss": f"{loss:.4f}" if loss is not None else "-"}
+        if rate:
+            fields["rate"] = rate
+        bar.update(task, completed=step, **fields)
+
+    def on_event(ev: Event) -> None:
+        if ev.kind in ("checkpoint", "info") and not quiet:
+            bar.console.print(f"[dim]{ev.message}[/dim]")
+
+    ctl = JobController(spec, out, opts, on_event=on_event, on_progress=on_progress)
+    try:
+        with bar:
+            summary = ctl.run()
+    finally:
+        disconnect()
+    return summary.to_dict()
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"pipewave: {s['name']} ({s['state']})", show_header=False)
+    loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else "-"
+    rows = [("schedule", f"{s['schedule']}, {s['stages']} stages"), ("steps", str(s["steps"])),
+            ("final loss", loss), ("samples/s", f"{s['samples_per_s']:.2f}"),
+            ("train time", f"{s['train_s']:.1f} s (startup {s['startup_s']:.1f} s)"),
+            ("bubble per stage", ", ".join(f"{b:.1%}" for b in s["bubble"])),
+            ("peak weight versions", ", ".join(map(str, s["peak_versions"]))),
+            ("checkpoints", s["checkpoints"][-1] if s["checkpoints"] else "-")]
+    if s["reason"] and s["state"] != "SUCCEEDED":
+        rows.append(("reason", s["reason"]))
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""The job controller: one per job, an explicit state machine driven by ``step()``.
+
+CREATED -> STARTING -> RUNNING <-> CHECKPOINTING -> STOPPING -> SUCCEEDED
+                      (any non-terminal state) -> FAILED | CANCELLED
+
+The controller plans the partition, places one stage actor per stage, runs the schedule in runs
+that end at checkpoint boundaries (async schedules drain there, so a checkpoint is a consistent
+state), collects metrics, checkpoints and shuts down. Activations and gradients never pass
+through it: it starts each run and observes progress.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from service import checkpoint as ckpt
+from service.metrics import JobSummary, RunFigures, StepMetrics, run_figures, step_metrics
+from service.partition import Partition, uniform
+from service.schedules import make_schedule
+from service.spec import JobSpec
+from workers.models import num_layers
+from workers.stage import Progress, Run, RunReport, StageWorker
+
+logger = logging.getLogger(__name__)
+
+
+class JobState(StrEnum):
+    CREATED = "CREATED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    CHECKPOINTING = "CHECKPOINTING"
+    STOPPING = "STOPPING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobError(RuntimeError):
+    """A job that cannot go on; the message is one readable line."""
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    kind: str  # state | checkpoint | error | info
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ControllerOptions:
+    cpus_per_stage: float = 1.0
+    threads_per_stage: int = 1
+    poll_s: float = 0.25
+    ready_timeout_s: float = 120.0
+    resume: bool = True
+
+
+class JobController:
+    def __init__(self, spec: JobSpec, output: Path, options: ControllerOptions | None = None,
+                 on_event: Callable[[Event], None] | None = None,
+                 on_progress: Callable[[int, float | None], None] | None = None) -> None:
+        self.spec, self.output = spec, Path(output)
+        self.opts = options or ControllerOptions()
+        self.on_event, self.on_progress = on_event, on_progress
+        self.state = JobState.CREATED
+        self.reason = ""
+        self.partition: Partition = ()
+        self.actors: list[Any] = []
+        self.pg: Any = None
+        self.step_done = 0  # global steps finished (and applied on every stage)
+        self.first_step = 0  # where this process started (after a resume)
+        self.metrics: list[StepMetrics] = []
+        self.figures: list[RunFigures] = []
+        self.events: list[Event] = []
+        self.checkpoints: list[str] = []
+        self.last_run: list[RunReport] = []
+        self._cancel: str | None = None
+        self._t_created = time.time()
+        self._t_running = 0.0
+        self._train_s = 0.0
+
+    # -- driving ---------------------------------------------------------------------------
+    def cancel(self, reason: str = "cancelled by user") -> None:
+        self._cancel = reason
+
+    def step(self) -> JobState:
+        """Perform one transition; errors move the job to FAILED (never raise)."""
+        if self.state.is_terminal:
+            return self.state
+        try:
+            if self._cancel is not None:
+                self._teardown()
+                self._transition(JobState.CANCELLED, self._cancel)
+            else:
+                handler = getattr(self, f"_on_{self.state.value.lower()}")
+                handler()
+        except KeyboardInterrupt:
+            self._teardown()
+            self._transition(JobState.CANCELLED, "interrupted (Ctrl-C)")
+        except Exception as err:  # a failed job reports why, and its actors are stopped
+            logger.exception("job %s failed in %s", self.spec.name, self.state.value)
+            self._teardown()
+            self._transition(JobState.FAILED, _one_line(err))
+        return self.state
+
+    def run(self) -> JobSummary:
+        while not self.state.is_terminal:
+            self.step()
+        return self.summary()
+
+    # -- transitions -----------------------------------------------------------------------
+    def _on_created(self) -> None:
+        self.partition = uniform(num_layers(self.spec.model), self.spec.stages)
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._transition(JobState.STARTING, f"partition {list(self.partition)}")
+
+    def _on_starting(self) -> None:
+        S = self.spec.stages
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= S else 0
+        bundle = {"CPU": self.opts.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
+        self.pg = placement_group([bundle] * S, strategy="PACK", name=f"pipewave-{self.spec.name}")
+        if not _wait(self.pg.ready(), self.opts.ready_timeout_s):
+            raise JobError(f"the cluster cannot place {S} stages of {bundle} within "
+                           f"{self.opts.ready_timeout_s:.0f}s (resources: {ray.cluster_resources()})")
+        cls = ray.remote(concurrency_groups={"control": 2})(StageWorker)  # type: ignore[call-overload]
+        spec_json = self.spec.model_dump_json()
+        self.actors = [
+            cls.options(
+                num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, s),
+            ).remote(spec_json, s, S, start, end, self.opts.threads_per_stage)
+            for s, (start, end) in enumerate(self.partition)
+        ]
+        infos = ray.get([a.info.remote() for a in self.actors], timeout=self.opts.ready_timeout_s)
+        port = ray.get(self.actors[0].rendezvous_port.remote())
+        ray.get([a.init_comm.remote(infos[0]["ip"], port) for a in self.actors],
+                timeout=self.opts.ready_timeout_s)
+        self._emit("info", "stages ready", stages=[
+            {k: i[k] for k in ("stage", "layers", "node_id", "device", "params")} for i in infos])
+        record = ckpt.latest(self.output) if self.opts.resume else None
+        if record is not None:
+            self._resume(record)
+        if self.step_done >= self.spec.steps:
+            raise JobError(f"the checkpoint in {self.output} is at step {self.step_done}, "
+                           f"the job asks for {self.spec.steps} steps: nothing to do")
+        self._t_running = time.time()
+        self._transition(JobState.RUNNING, f"running steps {self.step_done + 1}..{self.spec.steps}")
+
+    def _on_running(self) -> None:
+        every = self.spec.checkpoint.every_steps
+        end = self.spec.steps
+        if every:
+            end = min(end, (self.step_done // every + 1) * every)
+        self._run_steps(self.step_done, end - self.step_done)
+        if (every and self.step_done % every == 0) or self.step_done >= self.spec.steps:
+            self._transition(JobState.CHECKPOINTING, f"step {self.step_done}")
+
+    def _on_checkpointing(self) -> None:
+        self._save_checkpoint()
+        if self.step_done >= self.spec.steps:
+            self._transition(JobState.STOPPING, "all steps done")
+        else:
+            self._transition(JobState.RUNNING, f"resuming at step {self.step_done + 1}")
+
+    def _on_stopping(self) -> None:
+        self._teardown()
+        self._transition(JobState.SUCCEEDED, f"{self.step_done} steps")
+
+    # -- actions ---------------------------------------------------------------------------
+    def _run_steps(self, first: int, count: int) -> None:
+        sched = make_schedule(self.spec.schedule, self.spec.stages, self.spec.microbatches,
+                              count, vertical_sync=self.spec.vertical_sync)
+        M = self.spec.microbatches
+        scale = 1.0 if self.spec.schedule == "pipedream" else 1.0 / M
+        t0 = time.time()
+        refs = [a.run.remote(Run(sched.stage_actions(s), first, count, scale, sched.carry_versions))
+                for s, a in enumerate(self.actors)]
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=self.opts.poll_s)
+            for ref in done:
+                ray.get(ref)  # raises at once if a stage failed
+            if self._cancel is not None:
+                raise KeyboardInterrupt
+            self._poll_progress()
+        reports: list[RunReport] = ray.get(refs)
+        self._train_s += time.time() - t0
+        self.last_run = reports
+        new = step_metrics(reports, first, count, M, self.spec.batch_size, t0)
+        self.metrics.extend(new)
+        self.figures.append(run_figures(reports))
+        self.step_done = first + count
+        with (self.output / "metrics.jsonl").open("a") as f:
+            for m in new:
+                f.write(json.dumps(m.to_dict()) + "\n")
+        if self.on_progress:
+            self.on_progress(self.step_done, new[-1].loss)
+
+    def _poll_progress(self) -> None:
+        if not self.on_progress:
+            return
+        p: Progress = ray.get(self.actors[-1].get_progress.options(
+            concurrency_group="control").remote())
+        if p.step > self.step_done:
+            self.on_progress(p.step, p.loss)
+
+    def _save_checkpoint(self) -> None:
+        d = ckpt.step_dir(self.output, self.step_done)
+        d.mkdir(parents=True, exist_ok=True)
+        files = ray.get([a.save.remote(str(d / f"stage-{s}.pt")) for s, a in enumerate(self.actors)])
+        stages = [{"stage": s, "layers": list(self.partition[s]), "file": f["file"],
+                   "bytes": f["bytes"]} for s, f in enumerate(files)]
+        ckpt.write_manifest(d, self.step_done, self.spec.model_dump(mode="json"), stages)
+        self.checkpoints.append(str(d))
+        self._emit("checkpoint", f"checkpoint at step {self.step_done}", path=str(d))
+
+    def _resume(self, record: ckpt.CheckpointRecord) -> None:
+        manifest = ckpt.read_manifest(record.path)
+        mine = self.spec.model_dump(mode="json")
+        theirs = dict(manifest["spec"])
+        differ = sorted(k for k in mine if k not in ("steps", "checkpoint") and mine[k] != theirs.get(k))
+        if differ:
+            raise JobError(f"{record.path} belongs to a different job (fields differ: "
+                           f"{', '.join(differ)}); use another --output or --no-resume")
+        layers = [tuple(s["layers"]) for s in manifest["stages"]]
+        if layers != list(self.partition):
+            raise JobError(f"checkpoint partition {layers} differs from {list(self.partition)}")
+        ray.get([a.load.remote(str(record.path / manifest["stages"][s]["file"]))
+                 for s, a in enumerate(self.actors)])
+        self.step_done = self.first_step = record.step
+        self._emit("info", f"resumed from checkpoint at step {record.step}", path=str(record.path))
+
+    def _teardown(self) -> None:
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:  # already dead
+                logger.debug("actor already gone", exc_info=True)
+        self.actors = []
+        if self.pg is not None:
+            try:
+                remove_placement_group(self.pg)
+            except Exception:
+                logger.debug("placement group already removed", exc_info=True)
+            self.pg = None
+
+    # -- reporting -------------------------------------------------------------------------
+    def _transition(self, new: JobState, reason: str) -> None:
+        logger.info("job %s: %s -> %s (%s)", self.spec.name, self.state.value, new.value, reason)
+        self.state, self.reason = new, reason
+        self._emit("state", f"{new.value}: {reason}", state=new.value)
+
+    def _emit(self, kind: str, message: str, **data: Any) -> None:
+        ev = Event(time.time(), kind, message, data)
+        self.events.append(ev)
+        if self.on_event:
+            self.on_event(ev)
+
+    def summary(self) -> JobSummary:
+        done = self.metrics
+        samples = self.spec.batch_size * len(done)
+        figs = self.figures
+        bubble = [sum(f.bubble[s] * f.wall_s for f in figs) / sum(f.wall_s for f in figs)
+                  for s in range(self.spec.stages)] if figs else []
+        return JobSummary(
+            name=self.spec.name, schedule=self.spec.schedule, stages=self.spec.stages,
+            state=self.state.value, steps=self.step_done,
+            final_loss=done[-1].loss if done else None,
+            samples_per_s=samples / self._train_s if self._train_s > 0 else 0.0,
+            train_s=self._train_s,
+            startup_s=(self._t_running - self._t_created) if self._t_running else 0.0,
+            first_step=self.first_step, bubble=bubble,
+            peak_versions=[max(f.peak_versions[s] for f in figs) for s in range(self.spec.stages)]
+            if figs else [],
+            checkpoints=self.checkpoints, output=str(self.output), reason=self.reason,
+        )
+
+
+def _wait(ref: Any, timeout: float) -> bool:
+    ready, _ = ray.wait([ref], timeout=timeout)
+    return bool(ready)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    if isinstance(err, ray.exceptions.RayTaskError):
+        text = str(err.cause) if err.cause is not None else text.splitlines()[-1]
+    first = text.splitlines()[0] if text else type(err).__name__
+    return f"{type(err).__name__}: {first}" if not isinstance(err, JobError) else first

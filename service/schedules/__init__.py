@@ -1,0 +1,21 @@
+"""Pipeline schedules as plain data: generators, validation, simulation and reports."""
+
+from service.schedules.action import Action, Kind
+from service.schedules.registry import SCHEDULE_NAMES, make_schedule
+from service.schedules.schedule import Schedule, ScheduleError
+from service.schedules.simulate import Costs, SimResult, simulate, steady_state_bubble
+from service.schedules.validate import validate
+
+__all__ = [
+    "SCHEDULE_NAMES",
+    "Action",
+    "Costs",
+    "Kind",
+    "Schedule",
+    "ScheduleError",
+    "SimResult",
+    "make_schedule",
+    "simulate",
+    "steady_state_bubble",
+    "validate",
+]

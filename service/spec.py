@@ -1,0 +1,165 @@
+"""The job spec: what a user submits. Data only, every number bounded, unknown fields rejected."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.schedules import SCHEDULE_NAMES
+from workers.models import num_layers
+
+ScheduleName = Literal["gpipe", "1f1b", "pipedream", "2bw"]
+assert set(SCHEDULE_NAMES) == {"gpipe", "1f1b", "pipedream", "2bw"}
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; the message is one readable line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GPTSpec(_Strict):
+    kind: Literal["gpt"]
+    vocab_size: int = Field(256, ge=2, le=1_048_576)
+    d_model: int = Field(256, ge=8, le=16_384)
+    n_layers: int = Field(8, ge=1, le=512)
+    n_heads: int = Field(4, ge=1, le=256)
+    seq_len: int = Field(128, ge=2, le=65_536)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> GPTSpec:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        return self
+
+
+class MLPSpec(_Strict):
+    kind: Literal["mlp"]
+    vocab_size: int = Field(256, ge=2, le=1_048_576)
+    d_model: int = Field(64, ge=4, le=16_384)
+    n_layers: int = Field(4, ge=1, le=512)
+    seq_len: int = Field(32, ge=2, le=65_536)
+
+
+class StdlibData(_Strict):
+    kind: Literal["stdlib"]
+
+
+class TextData(_Strict):
+    kind: Literal["text"]
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class SyntheticData(_Strict):
+    kind: Literal["synthetic"]
+
+
+class OptimizerSpec(_Strict):
+    kind: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(3e-4, gt=0, le=10)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.999,
+    )
+    eps: float = Field(1e-8, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=10)
+    momentum: float = Field(0.0, ge=0, lt=1)
+
+
+class CheckpointSpec(_Strict):
+    every_steps: int | None = Field(None, ge=1, le=10_000_000)
+
+
+ModelSpec = Annotated[GPTSpec | MLPSpec, Field(discriminator="kind")]
+DataSpec = Annotated[StdlibData | TextData | SyntheticData, Field(discriminator="kind")]
+
+
+class JobSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: ModelSpec
+    data: DataSpec = StdlibData(kind="stdlib")
+    schedule: ScheduleName = "1f1b"
+    vertical_sync: bool = False
+    stages: int = Field(2, ge=1, le=64)
+    microbatches: int = Field(4, ge=1, le=1024)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    steps: int = Field(100, ge=1, le=10_000_000)
+    optimizer: OptimizerSpec = OptimizerSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobSpec:
+        layers = num_layers(self.model)
+        if self.stages > layers:
+            raise ValueError(
+                f"stages ({self.stages}) exceeds the model's {layers} layers "
+                f"(a stage needs at least one layer)"
+            )
+        if self.batch_size % self.microbatches:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by microbatches "
+                f"({self.microbatches})"
+            )
+        if self.vertical_sync and self.schedule != "pipedream":
+            raise ValueError("vertical_sync applies only to schedule 'pipedream'")
+        return self
+
+    @property
+    def microbatch_size(self) -> int:
+        return self.batch_size // self.microbatches
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts)
+
+
+def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:
+    """Validate a mapping into a JobSpec; relative text paths resolve against base_dir."""
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(f"invalid job spec: {_one_line(err)}") from None
+    if isinstance(spec.data, TextData):
+        path = Path(spec.data.path).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise SpecError(f"invalid job spec: data.path: no such file: {spec.data.path}")
+        if path.stat().st_size < spec.model.seq_len + 1:
+            raise SpecError(
+                f"invalid job spec: data.path: {spec.data.path} is shorter than "
+                f"seq_len + 1 = {spec.model.seq_len + 1} bytes"
+            )
+        spec = spec.model_copy(update={"data": TextData(kind="text", path=str(path.resolve()))})
+    return spec
+
+
+def load_spec(path: str | Path, overrides: dict[str, object] | None = None) -> JobSpec:
+    """Read a YAML or JSON job file; raise SpecError with one readable line on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"job file not found: {path}")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(f"cannot read job file {path}: {first}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"job file {path} must hold a mapping of fields, not {type(data).__name__}")
+    data.update(overrides or {})
+    return parse_spec(data, base_dir=p.parent)

@@ -1,0 +1,1 @@
+"""Worker-side code: the model zoo, data, and pipeline stage actors."""

@@ -1,0 +1,93 @@
+"""Stage-to-stage transport: torch.distributed point-to-point between the stage actors.
+
+gloo on CPU (about 0.2 ms a hop here, against about 3 ms for a Ray actor call carrying the same
+activation), NCCL when the stages hold GPUs. Receives are posted ahead of need so a transfer
+overlaps the compute before it; sends are asynchronous and reaped as they complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import deque
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+ACT, GRAD = 0, 1  # message kinds; the tag is 2 * microbatch + kind
+
+
+def free_port(host: str) -> int:
+    """A TCP port that is free on ``host`` right now (for the process-group rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def init_group(addr: str, port: int, rank: int, world: int, device: torch.device,
+               timeout_s: float = 120.0) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{addr}:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=timeout_s))
+    logger.info("rank %d/%d joined %s group at %s:%d", rank, world, backend, addr, port)
+
+
+def close_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Mailbox:
+    """Ordered point-to-point traffic of one stage for one schedule run.
+
+    ``needs`` lists, in the order the stage will consume them, the (kind, microbatch, peer)
+    messages it receives; receives are kept posted up to ``depth`` messages ahead.
+    """
+
+    def __init__(self, needs: list[tuple[int, int, int]], shape: tuple[int, ...],
+                 dtype: torch.dtype, device: torch.device, depth: int = 2) -> None:
+        self.needs = needs
+        self.shape, self.dtype, self.device, self.depth = shape, dtype, device, depth
+        self.next_post = 0
+        self.posted: deque[tuple[tuple[int, int], Any, torch.Tensor]] = deque()
+        self.sends: deque[tuple[Any, torch.Tensor]] = deque()
+
+    def _post_ahead(self) -> None:
+        while self.next_post < len(self.needs) and len(self.posted) < self.depth:
+            kind, mb, peer = self.needs[self.next_post]
+            buf = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            work = dist.irecv(buf, src=peer, tag=2 * mb + kind)
+            self.posted.append(((kind, mb), work, buf))
+            self.next_post += 1
+
+    def start(self) -> None:
+        self._post_ahead()
+
+    def recv(self, kind: int, mb: int) -> torch.Tensor:
+        """Wait for the next expected message, which must be (kind, mb)."""
+        self._post_ahead()
+        key, work, buf = self.posted.popleft()
+        if key != (kind, mb):
+            raise RuntimeError(f"mailbox out of order: expected {key}, asked for {(kind, mb)}")
+        work.wait()
+        self._post_ahead()
+        return buf
+
+    def send(self, t: torch.Tensor, kind: int, mb: int, peer: int) -> None:
+        t = t.contiguous()
+        self.sends.append((dist.isend(t, dst=peer, tag=2 * mb + kind), t))
+        while self.sends and self.sends[0][0].is_completed():
+            self.sends.popleft()[0].wait()
+
+    def flush(self) -> None:
+        """Wait for every send to complete (end of a schedule run)."""
+        while self.sends:
+            self.sends.popleft()[0].wait()
+        if self.posted or self.next_post < len(self.needs):
+            raise RuntimeError("schedule ended with messages still expected")

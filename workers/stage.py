@@ -1,0 +1,257 @@
+"""A pipeline stage: a contiguous slice of the model, its optimizer and its weight versions.
+
+The controller wraps ``StageWorker`` as a Ray actor (one per stage). Each schedule run executes
+the stage's action list on its own: activations and gradients go straight to the neighbouring
+stages over torch.distributed point-to-point; the controller only starts runs and observes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from service.schedules import Action, Kind
+from service.spec import JobSpec
+from workers import comm
+from workers.data import get_batch, load_corpus, microbatch
+from workers.models import build_layers, loss_fn
+from workers.optim import OutOfPlaceOptimizer, Version
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One schedule run of one stage: ``actions`` from the generator, steps from ``first_step``."""
+
+    actions: list[Action]
+    first_step: int
+    num_steps: int
+    grad_scale: float  # multiplies the loss: 1/M when an update averages M microbatches
+    carry_versions: int  # latest versions to keep when the run ends
+
+
+@dataclass
+class RunReport:
+    stage: int
+    losses: dict[int, float] = field(default_factory=dict)  # microbatch -> loss (last stage)
+    spans: list[tuple[str, float, float]] = field(default_factory=list)  # (action, start, end)
+    versions_used: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, mb, version)
+    peak_versions: int = 0
+    peak_activations: int = 0
+    busy_s: float = 0.0
+    wall_s: float = 0.0
+    update_s: float = 0.0
+
+
+@dataclass
+class Progress:
+    step: int = 0  # steps fully finished on this stage
+    loss: float | None = None
+    time: float = 0.0
+
+
+class StageWorker:
+    def __init__(self, spec_json: str, stage: int, num_stages: int, start: int, end: int,
+                 threads: int = 1) -> None:
+        torch.set_num_threads(max(1, threads))
+        self.spec = JobSpec.model_validate_json(spec_json)
+        self.stage, self.num_stages = stage, num_stages
+        self.first, self.last = stage == 0, stage == num_stages - 1
+        self.layer_range = (start, end)
+        self.device = _pick_device()
+        layers = build_layers(self.spec.model, self.spec.seed, range(start, end))
+        self.module = nn.Sequential(
+            OrderedDict((str(i), layer) for i, layer in zip(range(start, end), layers, strict=True))
+        ).to(self.device)
+        self.names = [n for n, _ in self.module.named_parameters()]
+        v0: Version = tuple(p.detach().requires_grad_() for p in self.module.parameters())
+        self.versions: dict[int, Version] = {0: v0, -1: v0}  # -1: "before the start" (2BW)
+        self.latest = 0
+        o = self.spec.optimizer
+        self.opt = OutOfPlaceOptimizer(o.kind, v0, lr=o.lr, betas=o.betas, eps=o.eps,
+                                       weight_decay=o.weight_decay, momentum=o.momentum)
+        self.corpus = load_corpus(self.spec.data) if (self.first or self.last) else None
+        self._batch: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.progress = Progress()
+        self.act_shape = (self.spec.microbatch_size, self.spec.model.seq_len, self.spec.model.d_model)
+
+    # -- control ---------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        return {"stage": self.stage, "pid": os.getpid(), "device": str(self.device),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "ip": ray.util.get_node_ip_address(), "layers": self.layer_range,
+                "params": sum(p.numel() for p in self.versions[self.latest])}
+
+    def rendezvous_port(self) -> int:
+        import ray
+
+        return comm.free_port(ray.util.get_node_ip_address())
+
+    def init_comm(self, addr: str, port: int) -> None:
+        comm.init_group(addr, port, self.stage, self.num_stages, self.device)
+
+    def get_progress(self) -> Progress:
+        return self.progress
+
+    def shutdown(self) -> None:
+        comm.close_group()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def save(self, path: str) -> dict[str, Any]:
+        """Write this stage's weights (latest version as a plain state_dict), optimizer state and
+        any older version the schedule still needs (2BW's previous weights)."""
+        def cpu(v: Version) -> dict[str, torch.Tensor]:
+            return {n: t.detach().cpu() for n, t in zip(self.names, v, strict=True)}
+
+        older = {v - self.latest: cpu(t) for v, t in self.versions.items()
+                 if v < self.latest and v >= 0}
+        payload = {
+            "format": "pipewave-stage/1",
+            "stage": self.stage,
+            "layers": list(self.layer_range),
+            "latest_version": self.latest,
+            "model": cpu(self.versions[self.latest]),
+            "older_versions": older,
+            "optimizer": self.opt.state_dict(self.names),
+        }
+        p = Path(path)
+        save_stage_file(p, payload)
+        return {"stage": self.stage, "file": p.name, "bytes": p.stat().st_size}
+
+    def load(self, path: str) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if list(state["layers"]) != list(self.layer_range):
+            raise ValueError(f"{path} holds layers {state['layers']}, stage has {self.layer_range}")
+        self.latest = int(state["latest_version"])
+
+        def version(d: dict[str, torch.Tensor]) -> Version:
+            return tuple(d[n].to(self.device).requires_grad_() for n in self.names)
+
+        self.versions = {self.latest: version(state["model"])}
+        for off, d in state["older_versions"].items():
+            self.versions[self.latest + int(off)] = version(d)
+        self.opt.load_state_dict(state["optimizer"], self.names, self.device)
+
+    # -- data --------------------------------------------------------------------------------
+    def _data(self, step: int, mb: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._batch is None or self._batch[0] != step:
+            assert self.corpus is not None
+            x, y = get_batch(self.corpus, self.spec.seed, step, self.spec.batch_size,
+                             self.spec.model.seq_len)
+            self._batch = (step, x, y)
+        _, x, y = self._batch
+        m = self.spec.microbatches
+        return microbatch(x, mb, m).to(self.device), microbatch(y, mb, m).to(self.device)
+
+    # -- one schedule run ----------------------------------------------------------------------
+    def run(self, run: Run) -> RunReport:
+        """Execute this stage's actions; returns timings, losses and the versions used."""
+        s, M = self.stage, self.spec.microbatches
+        base = self.latest  # action.version v means global version base + v
+        report = RunReport(stage=s)
+        needs = []
+        for a in run.actions:
+            if a.kind is Kind.F and not self.first:
+                needs.append((comm.ACT, a.microbatch, s - 1))
+            elif a.kind is Kind.B and not self.last:
+                needs.append((comm.GRAD, a.microbatch, s + 1))
+        box = comm.Mailbox(needs, self.act_shape, torch.float32, self.device)
+        last_use = {base + a.version: i for i, a in enumerate(run.actions)}
+        last_of_step = {run.first_step + a.microbatch // M: i for i, a in enumerate(run.actions)}
+        stash: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # mb -> (input, output, version)
+        acc: list[torch.Tensor] | None = None
+        step_losses: dict[int, list[float]] = {}
+        t_begin = time.time()
+        box.start()
+        for i, a in enumerate(run.actions):
+            mb, step = a.microbatch, run.first_step + a.microbatch // M
+            if a.kind is Kind.F:
+                # ---- forward: input from the data (first stage) or the previous stage
+                if self.first:
+                    x, _ = self._data(step, mb % M)
+                else:
+                    x = box.recv(comm.ACT, mb).requires_grad_()
+                t0 = time.time()
+                vid = base + a.version
+                params = self.versions[vid]
+                out = functional_call(self.module, dict(zip(self.names, params, strict=True)), (x,))
+                if self.last:
+                    out = loss_fn(out, self._data(step, mb % M)[1])
+                    step_losses.setdefault(step, []).append(out.item())
+                    report.losses[mb] = out.item()
+                else:
+                    box.send(out.detach(), comm.ACT, mb, s + 1)
+                stash[mb] = (x, out, vid)
+                report.peak_activations = max(report.peak_activations, len(stash))
+            else:
+                # ---- backward: gradient from the loss (last stage) or the next stage
+                x, out, vid = stash.pop(mb)
+                # (the last stage seeds with the loss scale: 1/M when M microbatches make a step)
+                grad_out = torch.full_like(out, run.grad_scale) if self.last else box.recv(comm.GRAD, mb)
+                t0 = time.time()
+                params = self.versions[vid]
+                inputs = list(params) if self.first else [x, *params]
+                grads = torch.autograd.grad(out, inputs, grad_out)
+                if not self.first:
+                    box.send(grads[0], comm.GRAD, mb, s - 1)
+                    grads = grads[1:]
+                acc = list(grads) if acc is None else [g0.add_(g) for g0, g in zip(acc, grads, strict=True)]
+                del x, out, grads
+                if a.update:
+                    # ---- optimizer step: a new immutable version; stashed ones stay intact
+                    tu = time.time()
+                    self.versions[self.latest + 1] = self.opt.step(self.versions[self.latest], acc)
+                    self.latest += 1
+                    acc = None
+                    report.update_s += time.time() - tu
+            report.versions_used.append((a.kind.value, mb, vid))
+            # ---- release versions no later action of this run needs
+            for v in [v for v in self.versions if v < self.latest and last_use.get(v, -1) <= i
+                      and v < self.latest - run.carry_versions + 1]:
+                del self.versions[v]
+            report.peak_versions = max(report.peak_versions, len(self._live_versions()))
+            t1 = time.time()
+            report.busy_s += t1 - t0
+            report.spans.append((str(a), t0, t1))
+            if i == last_of_step[step]:
+                self._finish_step(step, step_losses, t1)
+        box.flush()
+        if acc is not None:
+            raise RuntimeError(f"stage {s}: run ended with gradients not applied")
+        report.wall_s = time.time() - t_begin
+        return report
+
+    def _live_versions(self) -> set[int]:
+        return {id(v) for v in self.versions.values()}
+
+    def _finish_step(self, step: int, step_losses: dict[int, list[float]], t: float) -> None:
+        losses = step_losses.pop(step, None)
+        loss = sum(losses) / len(losses) if losses else None
+        self.progress = Progress(step=step + 1, loss=loss, time=t)
+
+
+def _pick_device() -> torch.device:
+    """The GPU Ray assigned to this actor, if any; the CPU otherwise (CUDA is never required)."""
+    import ray
+
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def save_stage_file(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
