@@ -1,0 +1,83 @@
+"""The pipewave command line, run as a user runs it (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pipewave(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_schedule_prints_grid_and_figures() -> None:
+    r = pipewave("schedule", "1f1b", "--stages", "2", "--microbatches", "4")
+    assert r.returncode == 0, r.stderr
+    assert "stage 0 | 0F0  0F1  .    0B0  0F2  0B1  0F3  0B2  .    0B3+" in r.stdout
+    assert "bubble" in r.stdout.lower()
+
+
+def test_schedule_json() -> None:
+    r = pipewave("schedule", "gpipe", "--stages", "4", "--microbatches", "8", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["name"] == "gpipe" and d["stages"] == 4
+    assert d["bubble_mean"] == pytest.approx(3 / 11)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["schedule", "zigzag"], "unknown schedule"),
+        (["schedule", "1f1b", "--vertical-sync"], "vertical_sync"),
+        (["train", "/nonexistent.yaml"], "job file not found"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
+    r = pipewave(*args)
+    assert r.returncode == 2
+    assert needle in r.stderr.lower() or needle in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bad_spec_is_one_line_exit_2(tmp_path: Path) -> None:
+    spec = yaml.safe_load((ROOT / "examples" / "gpt-small.yaml").read_text())
+    spec["optimizer"]["lr"] = -1
+    spec["colour"] = "blue"
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(spec))
+    r = pipewave("train", str(p))
+    assert r.returncode == 2
+    assert "optimizer.lr" in r.stderr and "colour: unknown field" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_train_json_summary(tmp_path: Path) -> None:
+    job = {
+        "name": "cli-mlp", "model": {"kind": "mlp", "d_model": 32, "n_layers": 2, "seq_len": 16},
+        "data": {"kind": "synthetic"}, "schedule": "pipedream", "stages": 2, "microbatches": 2,
+        "batch_size": 8, "steps": 6, "optimizer": {"kind": "adam", "lr": 0.003},
+        "checkpoint": {"every_steps": 3},
+    }
+    p = tmp_path / "job.yaml"
+    p.write_text(yaml.safe_dump(job))
+    r = pipewave("train", str(p), "--output", str(tmp_path / "run"), "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads(r.stdout)
+    assert s["state"] == "SUCCEEDED" and s["steps"] == 6
+    assert s["final_loss"] < 5.6 and s["samples_per_s"] > 0
+    assert (tmp_path / "run" / "checkpoints" / "step-000006" / "manifest.json").is_file()
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    # --steps on an output that already reached them: nothing to do, a clear failure
+    again = pipewave("train", str(p), "--output", str(tmp_path / "run"), "--json")
+    assert again.returncode == 1 and "nothing to do" in json.loads(again.stdout)["reason"]
