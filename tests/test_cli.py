@@ -81,3 +81,35 @@ def test_train_json_summary(tmp_path: Path) -> None:
     # --steps on an output that already reached them: nothing to do, a clear failure
     again = pipewave("train", str(p), "--output", str(tmp_path / "run"), "--json")
     assert again.returncode == 1 and "nothing to do" in json.loads(again.stdout)["reason"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    """SIGINT during training: the job ends CANCELLED, the embedded cluster stops, exit 130."""
+    import signal
+    import time
+
+    job = {
+        "name": "cli-cancel", "model": {"kind": "mlp", "d_model": 32, "n_layers": 2, "seq_len": 16},
+        "data": {"kind": "synthetic"}, "schedule": "1f1b", "stages": 2, "microbatches": 2,
+        "batch_size": 8, "steps": 1_000_000, "checkpoint": {"every_steps": 50},
+    }
+    p = tmp_path / "job.yaml"
+    p.write_text(yaml.safe_dump(job))
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "train", str(p), "--output",
+                             str(tmp_path / "run"), "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "run" / "metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.5)
+        assert (tmp_path / "run" / "metrics.jsonl").exists(), "training never started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    summary = json.loads(out)
+    assert summary["state"] == "CANCELLED" and "interrupted" in summary["reason"]
+    assert summary["steps"] >= 50
