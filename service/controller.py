@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,9 +233,10 @@ class JobController:
 
     def _resume(self, record: ckpt.CheckpointRecord) -> None:
         manifest = ckpt.read_manifest(record.path)
-        mine = self.spec.model_dump(mode="json")
-        theirs = dict(manifest["spec"])
-        differ = sorted(k for k in mine if k not in ("steps", "checkpoint") and mine[k] != theirs.get(k))
+        mine = _flat(self.spec.model_dump(mode="json"))
+        theirs = _flat(dict(manifest["spec"]))
+        differ = sorted(k for k in mine.keys() | theirs.keys()
+                        if not k.startswith(("steps", "checkpoint.")) and mine.get(k) != theirs.get(k))
         if differ:
             raise JobError(f"{record.path} belongs to a different job (fields differ: "
                            f"{', '.join(differ)}); use another --output or --no-resume")
@@ -297,9 +299,26 @@ def _wait(ref: Any, timeout: float) -> bool:
     return bool(ready)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
+    text = _ANSI.sub("", str(err)).strip()
     if isinstance(err, ray.exceptions.RayTaskError):
         text = str(err.cause) if err.cause is not None else text.splitlines()[-1]
+    elif isinstance(err, ray.exceptions.RayActorError) and err.actor_init_failed:
+        # the creation task's traceback is in the message; its last line names the cause
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        text = f"a stage failed to start: {lines[-1]}" if lines else text
     first = text.splitlines()[0] if text else type(err).__name__
     return f"{type(err).__name__}: {first}" if not isinstance(err, JobError) else first
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,144 @@
+"""Shared fixtures. Ray tests share ONE embedded local cluster for the whole test session.
+
+The environment below must be set before anything imports ray (test modules import the
+controller, which imports ray, at collection time): Ray 2.60 turns token authentication on by
+default for new local clusters, so we ask for it explicitly, and we keep Ray's nodes on loopback.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import functools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+RAY_CPUS = 4  # logical CPUs of the embedded cluster: enough for one 4-stage job at a time
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """Start the embedded local Ray cluster once (lazily: only if a ray test runs)."""
+    from service.runtime import connect, disconnect
+
+    connect(None, RAY_CPUS)
+    try:
+        yield
+    finally:
+        disconnect()
+
+
+def _make_spec(**overrides: Any):
+    """A tiny job (gpt, 4 cuttable layers) on synthetic data; ``overrides`` replace fields."""
+    from service.spec import JobSpec
+
+    data: dict[str, Any] = {
+        "name": "t",
+        "model": {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2,
+                  "seq_len": 16},
+        "data": {"kind": "synthetic"},
+        "schedule": "1f1b",
+        "stages": 2,
+        "microbatches": 4,
+        "batch_size": 8,
+        "steps": 5,
+        "optimizer": {"kind": "adam", "lr": 1e-2},
+        "seed": 0,
+    }
+    data.update(overrides)
+    return JobSpec.model_validate(data)
+
+
+def _run_job(spec, output: Path, resume: bool = False):
+    """Run one job to the end in this process; returns (controller, summary)."""
+    from service.controller import ControllerOptions, JobController
+
+    ctl = JobController(spec, output, ControllerOptions(cpus_per_stage=1, threads_per_stage=1,
+                                                        resume=resume, ready_timeout_s=60.0))
+    return ctl, ctl.run()
+
+
+@pytest.fixture
+def make_spec():
+    """``make_spec(**overrides)`` -> a tiny JobSpec (no Ray needed)."""
+    return _make_spec
+
+
+@pytest.fixture
+def run_job(ray_cluster):
+    """``run_job(spec, output, resume=False)`` -> (controller, summary), on the shared cluster."""
+    return _run_job
+
+
+# ----------------------------------------------------------------------------- shared jobs
+
+# Starting stage actors dominates a tiny job's time (about 1.5 s per actor on 2 cores), so the
+# 2-stage jobs of the checkpoint tests are run once per session and also serve the engine tests.
+# One optimizer per schedule, so each optimizer's state goes through a checkpoint once.
+SHARED_OPTIMIZERS = {
+    "gpipe": {"kind": "sgd", "lr": 0.5, "momentum": 0.9},
+    "1f1b": {"kind": "adamw", "lr": 1e-2, "weight_decay": 0.1},
+    "pipedream": {"kind": "adam", "lr": 1e-2},
+    "2bw": {"kind": "adam", "lr": 1e-2},
+}
+
+
+class SharedRuns:
+    """Three 2-stage jobs of one schedule (checkpoint every 5 steps), each run on first use:
+
+    - first: 5 steps into ``split_dir`` (one run: also the engine tests' plain 5-step job);
+    - resumed: a new controller, steps=10, resume=True on ``split_dir``: steps 6..10;
+    - straight: 10 steps into ``straight_dir`` (two schedule runs).
+    """
+
+    def __init__(self, schedule: str, base: Path) -> None:
+        kw = {"schedule": schedule, "stages": 2, "optimizer": SHARED_OPTIMIZERS[schedule],
+              "checkpoint": {"every_steps": 5}}
+        self.first_spec, self.straight_spec = _make_spec(steps=5, **kw), _make_spec(steps=10, **kw)
+        self.split_dir, self.straight_dir = base / "split", base / "straight"
+
+    @functools.cached_property
+    def _first(self) -> tuple[Any, Any]:
+        ctl, summary = _run_job(self.first_spec, self.split_dir)
+        assert summary.state == "SUCCEEDED", summary.reason
+        return ctl, summary
+
+    @property
+    def first(self) -> Any:
+        return self._first[0]
+
+    @property
+    def first_summary(self) -> Any:
+        return self._first[1]
+
+    @functools.cached_property
+    def resumed(self) -> Any:
+        assert self.first is not None  # the first half must be in split_dir
+        ctl, summary = _run_job(self.straight_spec, self.split_dir, resume=True)
+        assert summary.state == "SUCCEEDED", summary.reason
+        return ctl
+
+    @functools.cached_property
+    def straight(self) -> Any:
+        ctl, summary = _run_job(self.straight_spec, self.straight_dir)
+        assert summary.state == "SUCCEEDED", summary.reason
+        return ctl
+
+
+@pytest.fixture(scope="session")
+def shared_runs(ray_cluster, tmp_path_factory) -> Callable[[str], SharedRuns]:
+    """``shared_runs(schedule)`` -> SharedRuns, cached for the session."""
+    cache: dict[str, SharedRuns] = {}
+
+    def get(schedule: str) -> SharedRuns:
+        if schedule not in cache:
+            cache[schedule] = SharedRuns(schedule, tmp_path_factory.mktemp(f"shared-{schedule}"))
+        return cache[schedule]
+
+    return get
