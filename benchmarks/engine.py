@@ -50,7 +50,7 @@ TORCH_SCHEDULES = ("gpipe", "1f1b")
 DEFAULT_CONFIGS = (
     [f"pipewave:{s}:{n}" for n in (2, 4) for s in PIPEWAVE_SCHEDULES]
     + [f"torch:{s}:{n}" for n in (2, 4) for s in TORCH_SCHEDULES]
-    + ["single"]
+    + ["single", "single-1t"]
 )
 DEFAULT_STEPS, DEFAULT_WARMUP, DEFAULT_ROUNDS = 14, 2, 3
 # Targets (the issue): pipedream on 2 stages against torch's 2-rank 1F1B and the single process;
@@ -70,11 +70,13 @@ class Config:
     schedule: str = ""
     ranks: int = 1  # stages (pipewave), ranks (torch); 1 for single
     microbatches: int = 1  # single only: gradient-accumulation microbatches
+    threads: int = THREADS  # single only: torch threads
 
     @property
     def name(self) -> str:
         if self.system == "single":
-            return "single" if self.microbatches == 1 else f"single:{self.microbatches}"
+            base = "single" if self.microbatches == 1 else f"single:{self.microbatches}"
+            return base if self.threads == THREADS else f"{base}-{self.threads}t"
         return f"{self.system}:{self.schedule}:{self.ranks}"
 
     @property
@@ -85,12 +87,14 @@ class Config:
             cls = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B"}[self.schedule]
             return f"torch {cls}, {self.ranks} ranks"
         mb = "" if self.microbatches == 1 else f", {self.microbatches} microbatches"
-        return f"single process, {THREADS} threads{mb}"
+        return f"single process, {self.threads} thread{'s' if self.threads > 1 else ''}{mb}"
 
     @staticmethod
     def parse(text: str) -> Config:
         parts = text.strip().split(":")
         try:
+            if text.strip() == "single-1t":
+                return Config("single", threads=1)
             if parts[0] == "single" and len(parts) in (1, 2):
                 mb = int(parts[1]) if len(parts) == 2 else 1
                 if mb < 1 or 32 % mb:
@@ -127,7 +131,7 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     connect(None, max(4, cfg.ranks))  # before anything imports ray: loopback-only cluster
     try:
         from service.controller import ControllerOptions, JobController
-        from service.schedules import Costs, make_schedule, simulate
+        from service.schedules import Action, Costs, make_schedule, simulate
         from service.spec import load_spec
 
         spec = load_spec(SPEC_FILE, overrides={
@@ -146,11 +150,15 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         window = sum(m.time_s for m in measured)
         fig = ctl.figures[0]
         comm = _estimate_comm(ctl.last_run)
-        sched = make_schedule(spec.schedule, spec.stages, spec.microbatches, spec.steps)
-        sim = simulate(sched, Costs(forward=tuple(fig.mean_forward_s),
-                                    backward=tuple(fig.mean_backward_s),
+        M = spec.microbatches
+        spans = [[(Action.parse(t), t0, t1) for t, t0, t1 in r.spans] for r in ctl.last_run]
+        fwd, bwd = _mean_costs(spans, M, warmup, tuple(fig.mean_update_s))
+        sched = make_schedule(spec.schedule, spec.stages, M, spec.steps)
+        sim = simulate(sched, Costs(forward=fwd, backward=bwd,
                                     update=tuple(fig.mean_update_s), comm=comm))
-        bubble = list(fig.bubble)
+        # Both bubbles over the same window: the measured steps, warm-up steps excluded
+        bubble = _window_bubble(spans, M, warmup)
+        sim_bubble = _window_bubble([sim.spans[s] for s in range(spec.stages)], M, warmup)
         gaps = _ready_gaps(ctl.last_run, tuple(fig.mean_update_s))
         return {
             "samples_per_s": steps * spec.batch_size / window if window > 0 else 0.0,
@@ -162,8 +170,8 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
             "total_s": time.time() - t_start,
             "bubble": bubble,
             "bubble_mean": sum(bubble) / len(bubble),
-            "sim_bubble": list(sim.bubble),
-            "sim_bubble_mean": sim.bubble_mean,
+            "sim_bubble": sim_bubble,
+            "sim_bubble_mean": sum(sim_bubble) / len(sim_bubble),
             "wall_s": fig.wall_s,
             "sim_makespan_s": sim.makespan,
             "costs_ms": {"forward": [1e3 * c for c in fig.mean_forward_s],
@@ -175,6 +183,44 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         }
     finally:
         disconnect()
+
+
+def _window_bubble(spans: list[list[Any]], M: int, first_step: int) -> list[float]:
+    """Per stage, idle / wall over the steps from ``first_step`` on: a step ends when its last
+    action (on any stage) ends; each action's busy time counts to its microbatch's step.
+    ``spans[s]`` is stage s's list of (Action, start, end); the same definition serves measured
+    and simulated spans."""
+    ends: dict[int, float] = {}
+    for stage in spans:
+        for a, _, t1 in stage:
+            k = a.microbatch // M
+            ends[k] = max(ends.get(k, t1), t1)
+    last = max(ends)
+    if first_step > last:
+        raise ValueError("no steps after the warm-up")
+    start = ends[first_step - 1] if first_step > 0 else min(t0 for st in spans for _, t0, _ in st)
+    wall = ends[last] - start
+    out = []
+    for stage in spans:
+        busy = sum(t1 - t0 for a, t0, t1 in stage if a.microbatch // M >= first_step)
+        out.append(max(0.0, 1 - busy / wall))
+    return out
+
+
+def _mean_costs(spans: list[list[Any]], M: int, first_step: int,
+                update_s: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per stage mean forward and backward seconds over the measured steps (backward without the
+    optimizer step, whose mean is ``update_s``)."""
+    from service.schedules import Kind
+
+    fwd, bwd = [], []
+    for s, stage in enumerate(spans):
+        f = [t1 - t0 for a, t0, t1 in stage if a.kind is Kind.F and a.microbatch // M >= first_step]
+        b = [t1 - t0 - (update_s[s] if a.update else 0.0)
+             for a, t0, t1 in stage if a.kind is Kind.B and a.microbatch // M >= first_step]
+        fwd.append(sum(f) / max(1, len(f)))
+        bwd.append(sum(b) / max(1, len(b)))
+    return tuple(fwd), tuple(bwd)
 
 
 def _ready_gaps(reports: list[Any], update_s: tuple[float, ...]) -> list[float]:
@@ -249,7 +295,7 @@ def run_single(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     from workers.data import get_batch, load_corpus, microbatch
     from workers.models import build_model, loss_fn
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(cfg.threads)
     spec = load_spec(SPEC_FILE)
     m, B, M = spec.model, spec.batch_size, cfg.microbatches
     model = build_model(m, spec.seed)
@@ -440,6 +486,17 @@ def targets(rows: dict[str, Any]) -> list[dict[str, Any]]:
                      detail=f"{value:.3f}x, {'above' if diff >= 0 else 'below'} the target by "
                             f"{abs(diff):.3f}x ({abs(diff) / goal:.1%})")
         out.append(t)
+    one = rows.get("single-1t")
+    if one and h and rows.get("torch:1f1b:2"):
+        bound = 2 * one["samples_per_s"]
+        t1 = rows["torch:1f1b:2"]["samples_per_s"]
+        out.append({
+            "target": "context: ideal 2-core pipeline = 2 x one core (single-1t)", "goal": None,
+            "value": bound, "result": "INFO",
+            "detail": f"{bound:.2f} samples/s; torch 1F1B 2 ranks reaches {t1 / bound:.1%} of it, "
+                      f"pipedream 2 stages {h['samples_per_s'] / bound:.1%}; "
+                      f"{TARGET_VS_TORCH:.2f}x torch 1F1B would need {TARGET_VS_TORCH * t1 / bound:.1%}",
+        })
     for name, row in rows.items():
         if not name.startswith("pipewave:") or row.get("bubble_mean") is None:
             continue
@@ -525,11 +582,13 @@ def render(report: dict[str, Any]) -> str:
             "",
             "## Bubbles (pipewave)",
             "",
-            "Measured: 1 - busy / wall per stage over the whole schedule run (warm-up steps "
-            "included), busy being the stage's compute spans (waits for messages excluded). "
-            "Simulated: `service.schedules.simulate` of the same schedule and step count with "
-            "that run's measured mean per-stage forward, backward and update costs and the "
-            "measured stage-to-stage latency. Mean over stages; per stage in brackets. "
+            "Measured: 1 - busy / wall per stage over the measured steps (from the end of the "
+            "last warm-up step to the end of the last step; each action's busy time counts to "
+            "its microbatch's step), busy being the stage's compute spans (waits for messages "
+            "excluded). Simulated: `service.schedules.simulate` of the same schedule and step "
+            "count with that run's measured mean per-stage forward, backward and update costs "
+            "over the measured steps and the measured stage-to-stage latency, its bubble taken "
+            "over the same window by the same definition. Mean over stages; per stage in brackets. "
             "Idle when ready: the share of the wall time stages sat idle although their next "
             "action's input had been produced (transfer plus per-action engine overhead), which "
             "a cost-only simulation does not model. Costs per stage, mean per action.",

@@ -47,9 +47,11 @@ class OutOfPlaceOptimizer:
         else:
             self.momentum_buffers = []
 
-    def step(self, version: Version, grads: Sequence[torch.Tensor]) -> Version:
-        """Return version - lr * update(grads); ``version`` itself is left untouched."""
-        new = [p.detach().clone() for p in version]
+    def step(self, version: Version, grads: Sequence[torch.Tensor], in_place: bool = False) -> Version:
+        """Return version - lr * update(grads); ``version`` itself is left untouched unless
+        ``in_place``, which the caller may ask for only when nothing else references it (no
+        microbatch in flight used it, no later action will): it saves a copy of the weights."""
+        new = [p.detach() if in_place else p.detach().clone() for p in version]
         grads = list(grads)
         with torch.no_grad():
             if self.kind in ("adam", "adamw"):
@@ -65,7 +67,7 @@ class OutOfPlaceOptimizer:
                     maximize=False)
                 if self.momentum > 0:
                     self.momentum_buffers = bufs
-        return tuple(p.requires_grad_() for p in new)
+        return version if in_place else tuple(p.requires_grad_() for p in new)
 
     # -- checkpointing ------------------------------------------------------------------------
     def state_dict(self, names: Sequence[str]) -> dict[str, Any]:

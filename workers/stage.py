@@ -212,7 +212,13 @@ class StageWorker:
                 if a.update:
                     # ---- optimizer step: a new immutable version; stashed ones stay intact
                     tu = time.time()
-                    self.versions[self.latest + 1] = self.opt.step(self.versions[self.latest], acc)
+                    cur = self.versions[self.latest]
+                    alone = (run.carry_versions == 1 and last_use.get(self.latest, -1) <= i
+                             and all(v != self.latest for _, _, v in stash.values())
+                             and sum(t is cur for t in self.versions.values()) == 1)
+                    self.versions[self.latest + 1] = self.opt.step(cur, acc, in_place=alone)
+                    if alone:
+                        del self.versions[self.latest]
                     self.latest += 1
                     acc = None
                     report.update_s += time.time() - tu
