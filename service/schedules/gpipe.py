@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from service.schedules.action import Action, Kind
-from service.schedules.schedule import Schedule, place
+from service.schedules.one_f_one_b import flushed
+from service.schedules.schedule import Schedule
 
 
 def generate(num_stages: int, num_microbatches: int, num_steps: int = 1) -> Schedule:
-    """Steps run back to back with a flush between them; step t computes with version t."""
-    m_per_step = num_microbatches
-    orders: dict[int, list[Action]] = {}
-    for s in range(num_stages):
-        order: list[Action] = []
-        for t in range(num_steps):
-            mbs = range(t * m_per_step, (t + 1) * m_per_step)
-            order += [Action(s, Kind.F, m, t) for m in mbs]
-            order += [Action(s, Kind.B, m, t, m == mbs[-1]) for m in mbs]
-        orders[s] = order
-    return place("gpipe", num_stages, num_microbatches, num_steps, orders)
+    """Steps run back to back with a flush between them; step t computes with version t.
+    GPipe is 1F1B whose warm-up is the whole step: every forward before the first backward."""
+    return flushed("gpipe", num_stages, num_microbatches, num_steps, lambda s: num_microbatches)
