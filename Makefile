@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/pipewave train examples/gpt-small.yaml --output runs/gpt-small
+	$(BIN)/pipewave train examples/gpt-small.yaml --output runs/gpt-small --no-resume
 
 test: $(STAMP)
 	$(BIN)/ruff check .

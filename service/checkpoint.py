@@ -82,5 +82,5 @@ def prune(output: Path, keep: int) -> None:
     """Delete all but the ``keep`` newest checkpoints."""
     root = output / "checkpoints"
     dirs = sorted(root.glob("step-*")) if root.is_dir() else []
-    for d in dirs[:-keep] if keep > 0 else []:
+    for d in dirs[: max(0, len(dirs) - keep)]:
         shutil.rmtree(d, ignore_errors=True)

@@ -20,6 +20,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err_console = Console(stderr=True)
 
 
+RESUME_HELP = ("resume from the output's latest checkpoint; --no-resume starts at step 0 and "
+               "deletes the output's earlier checkpoints")
+
+
 def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -54,7 +58,7 @@ def train(
     address: Annotated[str | None, typer.Option(help="Ray cluster address; none starts a local one")] = None,
     output: Annotated[Path | None, typer.Option(help="run directory (default runs/<name>)")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="override the spec's steps")] = None,
-    resume: Annotated[bool, typer.Option(help="resume from the output's latest checkpoint")] = True,
+    resume: Annotated[bool, typer.Option(help=RESUME_HELP)] = True,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:

@@ -152,11 +152,15 @@ class JobController:
         port = ray.get(self.actors[0].rendezvous_port.remote())
         ray.get([a.init_comm.remote(infos[0]["ip"], port) for a in self.actors],
                 timeout=self.opts.ready_timeout_s)
-        self._emit("info", "stages ready", stages=[
+        where = ", ".join(f"{i['stage']}: layers {i['layers'][0]}-{i['layers'][1] - 1} on {i['device']}"
+                          for i in infos)
+        self._emit("info", f"{S} stages ready ({where})", stages=[
             {k: i[k] for k in ("stage", "layers", "node_id", "device", "params")} for i in infos])
         record = ckpt.latest(self.output) if self.opts.resume else None
         if record is not None:
             self._resume(record)
+        else:
+            self._start_fresh()
         if self.step_done >= self.spec.steps:
             raise JobError(f"the checkpoint in {self.output} is at step {self.step_done}, "
                            f"the job asks for {self.spec.steps} steps: nothing to do")
@@ -247,6 +251,15 @@ class JobController:
                  for s, a in enumerate(self.actors)])
         self.step_done = self.first_step = record.step
         self._emit("info", f"resumed from checkpoint at step {record.step}", path=str(record.path))
+
+    def _start_fresh(self) -> None:
+        """Training from step 0: earlier checkpoints and metrics in the output are another run's."""
+        old = ckpt.latest(self.output)
+        if old is not None:
+            ckpt.prune(self.output, keep=0)
+            self._emit("info", f"starting from step 0: removed the earlier run's checkpoints "
+                               f"(up to step {old.step}) from {self.output}")
+        (self.output / "metrics.jsonl").unlink(missing_ok=True)
 
     def _teardown(self) -> None:
         for a in self.actors:

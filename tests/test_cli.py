@@ -81,6 +81,14 @@ def test_train_json_summary(tmp_path: Path) -> None:
     # --steps on an output that already reached them: nothing to do, a clear failure
     again = pipewave("train", str(p), "--output", str(tmp_path / "run"), "--json")
     assert again.returncode == 1 and "nothing to do" in json.loads(again.stdout)["reason"]
+    # --no-resume starts over: the earlier run's checkpoints and metrics are gone
+    fresh = pipewave("train", str(p), "--output", str(tmp_path / "run"), "--json", "--no-resume",
+                     "--steps", "3")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert json.loads(fresh.stdout)["steps"] == 3
+    assert sorted(d.name for d in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000003"]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]
 
 
 @pytest.mark.slow
