@@ -1,0 +1,248 @@
+"""Layer profiler: measured ``LayerCost``s for the partition planner, cached on disk.
+
+``profile_layers`` runs in the current process (pure torch): it builds the model's layers and
+times each one at the job's microbatch shape, one thread, as a stage runs it. Activation bytes are
+what the layer's forward saves for its backward (unique storages seen by a saved-tensors hook,
+parameters excluded). ``profile_on_cluster`` runs it inside a Ray actor on the node type that will
+run the stages and caches the result by (model config, microbatch shape, device kind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from service.partition import LayerCost
+from workers.models import ModelConfig, build_layers, loss_fn, num_layers
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    _sync(device)
+    t0 = time.perf_counter()
+    result = fn()
+    _sync(device)
+    return time.perf_counter() - t0, result
+
+
+def _saved_bytes(fn: Callable[[], Any], exclude: set[int]) -> tuple[Any, int]:
+    """Run ``fn`` and sum the unique storages its autograd graph saves (``exclude``: data_ptrs)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in exclude:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, sum(seen.values())
+
+
+def _profile_one(layer: torch.nn.Module, inp: Tensor, targets: Tensor | None, repeats: int,
+                 warmup: int, device: torch.device) -> tuple[LayerCost, Tensor]:
+    """Time one layer's forward and backward (the head's with the loss); return its cost and
+    its detached output."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+    wrt = ([inp] if inp.requires_grad else []) + params
+
+    def forward() -> tuple[Tensor, Tensor]:  # (output, what the backward starts from)
+        out = layer(inp)
+        return out, (loss_fn(out, targets) if targets is not None else out)
+
+    fwd: list[float] = []
+    bwd: list[float] = []
+    for i in range(warmup + repeats):
+        f_s, (_, res) = _timed(forward, device)
+        grad = torch.randn_like(res) if targets is None else None
+        b_s, _ = _timed(partial(torch.autograd.grad, res, wrt, grad_outputs=grad), device)
+        if i >= warmup:
+            fwd.append(f_s)
+            bwd.append(b_s)
+    exclude = {p.untyped_storage().data_ptr() for p in params}
+    (out, _), act_bytes = _saved_bytes(forward, exclude)
+    cost = LayerCost(
+        forward_s=statistics.median(fwd),
+        backward_s=statistics.median(bwd),
+        param_bytes=sum(p.numel() * p.element_size() for p in layer.parameters()),
+        activation_bytes=act_bytes,
+        output_bytes=out.numel() * out.element_size(),
+    )
+    return cost, out.detach()
+
+
+def profile_layers(model_cfg: ModelConfig, microbatch_size: int, seed: int = 0, repeats: int = 5,
+                   warmup: int = 2, device: str = "cpu") -> list[LayerCost]:
+    """Measure every layer of ``model_cfg`` at a (microbatch_size, seq_len) batch on one thread."""
+    if microbatch_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError("microbatch_size and repeats must be >= 1, warmup >= 0")
+    dev = torch.device(device)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        gen = torch.Generator().manual_seed(seed)
+        shape = (microbatch_size, model_cfg.seq_len)
+        x = torch.randint(0, model_cfg.vocab_size, shape, generator=gen).to(dev)  # tokens
+        targets = torch.randint(0, model_cfg.vocab_size, shape, generator=gen).to(dev)
+        layers = build_layers(model_cfg, seed)
+        n, costs = len(layers), []
+        with torch.enable_grad():
+            for i, layer in enumerate(layers):
+                layer.to(dev).train()
+                inp = x.detach().requires_grad_(x.is_floating_point())
+                cost, x = _profile_one(layer, inp, targets if i == n - 1 else None, repeats,
+                                       warmup, dev)
+                costs.append(cost)
+    finally:
+        torch.set_num_threads(threads)
+    logger.debug("profiled %d layers: %s", len(costs), costs)
+    return costs
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Measured layer costs of one model at one microbatch shape on one device kind."""
+
+    key: str
+    device_kind: str
+    layers: tuple[LayerCost, ...]
+    measured_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": FORMAT_VERSION, "key": self.key, "device_kind": self.device_kind,
+                "measured_at": self.measured_at, "layers": [asdict(c) for c in self.layers]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unknown profile format {data.get('version')!r}")
+        layers = tuple(
+            LayerCost(float(c["forward_s"]), float(c["backward_s"]), int(c["param_bytes"]),
+                      int(c["activation_bytes"]), int(c["output_bytes"]))
+            for c in data["layers"]
+        )
+        return cls(str(data["key"]), str(data["device_kind"]), layers, float(data["measured_at"]))
+
+
+def profile_key(model_cfg: Any, microbatch_size: int, device_kind: str) -> str:
+    """Stable hash of the model config (pydantic or mapping), microbatch shape and device kind."""
+    cfg = model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump") else dict(model_cfg)
+    blob = json.dumps({"model": cfg, "shape": [microbatch_size, cfg.get("seq_len")],
+                       "device": device_kind, "v": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class ProfileCache:
+    """Profiles as ``<key>.json`` files in ``directory``; a bad file is a miss, never a crash."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, key: str) -> Path:
+        return self.directory / f"{key}.json"
+
+    def get(self, key: str) -> Profile | None:
+        path = self.path(key)
+        try:
+            profile = Profile.from_dict(json.loads(path.read_text()))
+            if profile.key != key:
+                raise ValueError(f"file holds key {profile.key!r}")
+        except FileNotFoundError:
+            profile = None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            logger.warning("ignoring unreadable profile %s: %s", path, err)
+            profile = None
+        if profile is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return profile
+
+    def put(self, profile: Profile) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{profile.key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(profile.to_dict(), f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path(profile.key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class _ProfilerActor:
+    """Runs on the node type that will run the stages (same CPU / GPU request)."""
+
+    def __init__(self) -> None:
+        import ray
+
+        self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+    def device_kind(self) -> str:
+        return torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"
+
+    def profile(self, model_cfg: Any, microbatch_size: int, seed: int) -> list[LayerCost]:
+        return profile_layers(model_cfg, microbatch_size, seed, device=self.device)
+
+
+def profile_on_cluster(spec: Any, cache: ProfileCache, num_gpus: float = 0) -> Profile:
+    """The spec's profile from ``cache``, or measured in a Ray actor (1 CPU, ``num_gpus``) and
+    stored. With GPUs the actor is asked its device name first, as the cache key needs it."""
+    import ray
+
+    model, mbs = spec.model, spec.microbatch_size
+    kind, actor = "cpu", None
+    try:
+        if num_gpus > 0:
+            actor = _start_actor(num_gpus)
+            kind = ray.get(actor.device_kind.remote())
+        key = profile_key(model, mbs, kind)
+        cached = cache.get(key)
+        if cached is not None:
+            return cached
+        if actor is None:
+            actor = _start_actor(num_gpus)
+        t0 = time.perf_counter()
+        layers = ray.get(actor.profile.remote(model, mbs, spec.seed))
+    finally:
+        if actor is not None:
+            ray.kill(actor)
+    if len(layers) != num_layers(model):
+        raise RuntimeError(f"profiler returned {len(layers)} layers, expected {num_layers(model)}")
+    profile = Profile(key, kind, tuple(layers), time.time())
+    cache.put(profile)
+    logger.info("profiled %s (%s, microbatch %d) in %.1f s", model.kind, kind, mbs,
+                time.perf_counter() - t0)
+    return profile
+
+
+def _start_actor(num_gpus: float) -> Any:
+    import ray
+
+    return ray.remote(_ProfilerActor).options(num_cpus=1, num_gpus=num_gpus).remote()
