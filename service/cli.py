@@ -148,11 +148,26 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    """Entry point: usage errors become one line on stderr with exit code 2."""
     try:
-        app()
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)
+    except typer.Abort:
         err_console.print("interrupted")
-        sys.exit(130)
+        code = 130
+    except Exception as err:
+        # typer's (vendored click) usage errors: format_message() and exit_code, no public base
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+            raise
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            code = 0
+        else:
+            cmd = ctx.command_path if ctx is not None else "pipewave"
+            err_console.print(f"[red]error:[/red] {err.format_message()} (see '{cmd} --help')",
+                              highlight=False, soft_wrap=True)
+            code = err.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

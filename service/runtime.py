@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,22 @@ def connect(address: str | None, min_cpus: int = 1) -> None:
         ray.init(address="local", include_dashboard=False, num_cpus=cpus, log_to_driver=False,
                  logging_level=logging.WARNING)
     else:
+        _check_reachable(address)
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a cluster address nothing listens on (ray.init would retry for minutes)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConnectionError(f"not a cluster address (expected HOST:PORT): {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise ConnectionError(f"nothing answers at {host}:{port} ({err.strerror or err})") from None
 
 
 def disconnect() -> None:

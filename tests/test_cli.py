@@ -39,6 +39,9 @@ def test_schedule_json() -> None:
         (["schedule", "zigzag"], "unknown schedule"),
         (["schedule", "1f1b", "--vertical-sync"], "vertical_sync"),
         (["train", "/nonexistent.yaml"], "job file not found"),
+        (["train", "examples/gpt-small.yaml", "--address", "127.0.0.1:1"], "cannot connect to ray"),
+        (["train", "examples/gpt-small.yaml", "--address", "nonsense"], "not a cluster address"),
+        (["train", "examples/gpt-small.yaml", "--steps", "0"], "invalid value"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
