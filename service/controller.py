@@ -194,7 +194,7 @@ class JobController:
         M = self.spec.microbatches
         scale = 1.0 if self.spec.schedule == "pipedream" else 1.0 / M
         t0 = time.time()
-        refs = [a.run.remote(Run(sched.stage_actions(s), first, count, scale, sched.carry_versions))
+        refs = [a.run.remote(Run(sched.stage_actions(s), first, scale, sched.carry_versions))
                 for s, a in enumerate(self.actors)]
         pending = list(refs)
         while pending:

@@ -36,7 +36,6 @@ class Run:
 
     actions: list[Action]
     first_step: int
-    num_steps: int
     grad_scale: float  # multiplies the loss: 1/M when an update averages M microbatches
     carry_versions: int  # latest versions to keep when the run ends
 
@@ -50,8 +49,7 @@ class RunReport:
     peak_versions: int = 0
     peak_activations: int = 0
     busy_s: float = 0.0
-    wall_s: float = 0.0
-    update_s: float = 0.0
+    update_s: float = 0.0  # time in optimizer steps (inside the backward spans)
 
 
 @dataclass
@@ -175,24 +173,24 @@ class StageWorker:
         stash: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # mb -> (input, output, version)
         acc: list[torch.Tensor] | None = None
         step_losses: dict[int, list[float]] = {}
-        t_begin = time.time()
         box.start()
         for i, a in enumerate(run.actions):
             mb, step = a.microbatch, run.first_step + a.microbatch // M
             if a.kind is Kind.F:
                 # ---- forward: input from the data (first stage) or the previous stage
-                if self.first:
+                if self.first:  # (making the input from the data is work: busy)
+                    t0 = time.time()
                     x, _ = self._data(step, mb % M)
-                else:
+                else:  # (waiting for the previous stage is not)
                     x = box.recv(comm.ACT, mb).requires_grad_()
-                t0 = time.time()
+                    t0 = time.time()
                 vid = base + a.version
                 params = self.versions[vid]
                 out = functional_call(self.module, dict(zip(self.names, params, strict=True)), (x,))
                 if self.last:
                     out = loss_fn(out, self._data(step, mb % M)[1])
-                    step_losses.setdefault(step, []).append(out.item())
-                    report.losses[mb] = out.item()
+                    report.losses[mb] = loss = out.item()
+                    step_losses.setdefault(step, []).append(loss)
                 else:
                     box.send(out.detach(), comm.ACT, mb, s + 1)
                 stash[mb] = (x, out, vid)
@@ -238,7 +236,6 @@ class StageWorker:
         box.flush()
         if acc is not None:
             raise RuntimeError(f"stage {s}: run ended with gradients not applied")
-        report.wall_s = time.time() - t_begin
         return report
 
     def _live_versions(self) -> set[int]:
