@@ -47,7 +47,10 @@ class Mailbox:
     """Ordered point-to-point traffic of one stage for one schedule run.
 
     ``needs`` lists, in the order the stage will consume them, the (kind, microbatch, peer)
-    messages it receives; receives are kept posted up to ``depth`` messages ahead.
+    messages it receives; receives are kept posted up to ``depth`` messages ahead. ``depth=0``
+    posts each receive only when it is needed, keeping every operation in the schedule's order:
+    NCCL runs point-to-point operations in issue order on one stream, so a receive posted early
+    could wait in front of a send its peer needs first (gloo runs them independently).
     """
 
     def __init__(self, needs: list[tuple[int, int, int]], shape: tuple[int, ...],
@@ -58,8 +61,8 @@ class Mailbox:
         self.posted: deque[tuple[tuple[int, int], Any, torch.Tensor]] = deque()
         self.sends: deque[tuple[Any, torch.Tensor]] = deque()
 
-    def _post_ahead(self) -> None:
-        while self.next_post < len(self.needs) and len(self.posted) < self.depth:
+    def _post_ahead(self, at_least: int = 0) -> None:
+        while self.next_post < len(self.needs) and len(self.posted) < max(self.depth, at_least):
             kind, mb, peer = self.needs[self.next_post]
             buf = torch.empty(self.shape, dtype=self.dtype, device=self.device)
             work = dist.irecv(buf, src=peer, tag=2 * mb + kind)
@@ -71,7 +74,7 @@ class Mailbox:
 
     def recv(self, kind: int, mb: int) -> torch.Tensor:
         """Wait for the next expected message, which must be (kind, mb)."""
-        self._post_ahead()
+        self._post_ahead(at_least=1)
         key, work, buf = self.posted.popleft()
         if key != (kind, mb):
             raise RuntimeError(f"mailbox out of order: expected {key}, asked for {(kind, mb)}")

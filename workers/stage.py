@@ -167,7 +167,8 @@ class StageWorker:
                 needs.append((comm.ACT, a.microbatch, s - 1))
             elif a.kind is Kind.B and not self.last:
                 needs.append((comm.GRAD, a.microbatch, s + 1))
-        box = comm.Mailbox(needs, self.act_shape, torch.float32, self.device)
+        box = comm.Mailbox(needs, self.act_shape, torch.float32, self.device,
+                           depth=0 if self.device.type == "cuda" else 2)
         last_use = {base + a.version: i for i, a in enumerate(run.actions)}
         last_of_step = {run.first_step + a.microbatch // M: i for i, a in enumerate(run.actions)}
         stash: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # mb -> (input, output, version)
