@@ -147,6 +147,49 @@ def _print_summary(s: dict[str, Any]) -> None:
     Console().print(t)
 
 
+@app.command()
+def plan(
+    job: Annotated[Path, typer.Argument(help="job spec, YAML or JSON")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster address; none starts a local one")] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="choose the stages and microbatches")] = False,
+    memory_fraction: Annotated[float, typer.Option(
+        min=1e-9, max=1.0, help="share of each node's Ray memory the stages may use")] = 0.8,
+    as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
+) -> None:
+    """Profile the job's layers on the cluster and print where each stage would run."""
+    from service.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(job)
+    except SpecError as err:
+        fail(str(err))
+    from service.runtime import connect, disconnect
+
+    try:
+        connect(address, spec.stages)
+    except Exception as err:  # unreachable cluster, bad address
+        fail(f"cannot connect to Ray at {address}: {str(err).splitlines()[0] if str(err) else err}")
+    from service.partition import InfeasibleError
+    from service.planner import cluster_slots, plan_job, render_plan
+    from service.profiler import ProfileCache, profile_on_cluster
+    from workers.models import layer_names
+
+    home = Path(os.environ.get("PIPEWAVE_HOME") or Path.home() / ".pipewave")
+    try:
+        profile = profile_on_cluster(spec, ProfileCache(home / "profiles"))
+        slots = cluster_slots(memory_fraction=memory_fraction)
+        chosen = plan_job(spec, profile.layers, slots, stages=None if auto else spec.stages,
+                          microbatches=None if auto else spec.microbatches)
+    except InfeasibleError as err:
+        fail(f"cannot place the job: {str(err).splitlines()[0]}")
+    finally:
+        disconnect()
+    if as_json:
+        print(json.dumps(chosen.to_dict(), indent=2))
+    else:
+        print(render_plan(chosen, spec, layer_names(spec.model)))
+
+
 def main() -> None:
     """Entry point: usage errors become one line on stderr with exit code 2."""
     try:

@@ -1,0 +1,269 @@
+"""Automatic planning: how many stages, how many microbatches, which layers where.
+
+``plan_job`` tries each candidate (stages S, microbatches M), places the layers with the exact
+partitioner (``partition.plan``: bottleneck-optimal contiguous split under the slots' memory
+budgets), then simulates the job's schedule with the resulting per-stage costs and keeps the
+candidate with the highest predicted throughput (ties, within ``TIE_TOLERANCE``: fewer stages,
+then fewer microbatches).
+
+Cost model, per stage and microbatch (slot speed divides every compute time):
+
+- forward / backward: the sum of the stage's measured layer times. Layers are measured at the
+  spec's microbatch size; another M scales times, activation and output bytes linearly with the
+  microbatch size (parameter bytes do not change).
+- update (one optimizer step of the stage): ``UPDATE_S_PER_PARAM_BYTE[optimizer] x param bytes``,
+  measured for ``workers.optim.OutOfPlaceOptimizer`` (clone + fused kernel) on one CPU thread:
+  Adam about 3.0 ms for 0.8 M params (3.2 MB) and 11.3 ms for 3.2 M params (0.22-0.24 ns per
+  param byte); SGD with momentum 0.14-0.24; plain SGD 0.10-0.14 ns per param byte.
+- comm: one transfer between stages, latency + bytes / bandwidth of the largest activation sent
+  across any cut (the simulator takes one value for all transfers).
+
+Time per step: synchronous schedules (gpipe, 1f1b) flush every step, so it is the simulated
+makespan of one step. Asynchronous ones (pipedream, 2bw) never flush: the schedule is simulated
+for K and K + 2 steps, K large enough for every stage to be past its warmup, and the time per
+step is the difference of the makespans over 2 (busy time per stage likewise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from service.partition import InfeasibleError, LayerCost, Link, Plan, Slot, plan
+from service.schedules import Costs, make_schedule, simulate
+
+if TYPE_CHECKING:
+    from service.spec import JobSpec
+
+# seconds per parameter byte of one optimizer step (see the module docstring)
+UPDATE_S_PER_PARAM_BYTE = {"adam": 0.23e-9, "adamw": 0.23e-9, "sgd_momentum": 0.2e-9, "sgd": 0.12e-9}
+ASYNC_SCHEDULES = ("pipedream", "2bw")
+MAX_STAGES = 64
+TIE_TOLERANCE = 0.01  # throughputs within 1% are a tie: fewer stages (then microbatches) win
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A chosen (stages, microbatches) with its placement and predicted figures.
+
+    ``stage_budgets``: the memory budget (bytes, None = unlimited) of the slot each stage got.
+    """
+
+    stages: int
+    microbatches: int
+    plan: Plan
+    predicted_step_s: float  # one step's makespan (sync) or steady-state time per step (async)
+    predicted_samples_per_s: float
+    predicted_bubble: float  # mean over stages
+    predicted_stage_busy_s: tuple[float, ...]  # per stage, per step
+    reason: str
+    stage_budgets: tuple[int | None, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        stages = []
+        for i, sp in enumerate(self.plan.stages):
+            row = asdict(sp)
+            row["layers"] = list(sp.layers)
+            row["busy_s"] = self.predicted_stage_busy_s[i]
+            row["budget_bytes"] = self.stage_budgets[i] if i < len(self.stage_budgets) else None
+            stages.append(row)
+        return {
+            "stages": self.stages,
+            "microbatches": self.microbatches,
+            "partition": [list(b) for b in self.plan.partition],
+            "bottleneck_s": self.plan.bottleneck_s,
+            "predicted_step_s": self.predicted_step_s,
+            "predicted_samples_per_s": self.predicted_samples_per_s,
+            "predicted_bubble": self.predicted_bubble,
+            "stage_plans": stages,
+            "placement_reason": self.plan.reason,
+            "reason": self.reason,
+        }
+
+
+def cluster_slots(cpus_per_stage: float = 1.0, memory_fraction: float = 0.8) -> list[Slot]:
+    """One slot per ``cpus_per_stage`` CPUs of each alive node (speed 1.0); each slot's memory
+    budget is ``memory_fraction`` of the node's Ray "memory" resource shared by its slots."""
+    if cpus_per_stage <= 0 or not 0 < memory_fraction <= 1:
+        raise ValueError("cpus_per_stage must be > 0 and memory_fraction in (0, 1]")
+    import ray
+
+    slots: list[Slot] = []
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        count = int(res.get("CPU", 0) // cpus_per_stage)
+        if count < 1:
+            continue
+        memory = res.get("memory")
+        budget = int(memory_fraction * memory / count) if memory else None
+        slots += [Slot(str(node["NodeID"]), 1.0, budget)] * count
+    return slots
+
+
+def optimizer_name(spec: JobSpec) -> str:
+    """The spec's optimizer as ``partition.OPTIMIZER_STATE`` names it."""
+    kind = str(spec.optimizer.kind)
+    return "sgd_momentum" if kind == "sgd" and spec.optimizer.momentum > 0 else kind
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def microbatch_candidates(batch_size: int, stages: int) -> list[int]:
+    """Divisors of the batch in [1, 4 x stages], those >= stages where there are any."""
+    ds = [d for d in _divisors(batch_size) if d <= 4 * stages]
+    return [d for d in ds if d >= stages] or ds
+
+
+def _scaled(layers: Sequence[LayerCost], factor: float) -> list[LayerCost]:
+    if factor == 1.0:
+        return list(layers)
+    return [replace(c, forward_s=c.forward_s * factor, backward_s=c.backward_s * factor,
+                    activation_bytes=round(c.activation_bytes * factor),
+                    output_bytes=round(c.output_bytes * factor)) for c in layers]
+
+
+def _simulate(spec: JobSpec, layers: Sequence[LayerCost], pl: Plan, slots: Sequence[Slot], m: int,
+              link: Link, optimizer: str) -> tuple[float, tuple[float, ...]]:
+    """(time per step, busy seconds per stage per step) of the placed job under its schedule."""
+    speed = {s.node_id: s.speed for s in slots}  # equal node ids have equal speeds in practice
+    fwd, bwd, upd = [], [], []
+    for sp in pl.stages:
+        a, b = sp.layers
+        v = speed.get(sp.node_id, 1.0)
+        fwd.append(sum(c.forward_s for c in layers[a:b]) / v)
+        bwd.append(sum(c.backward_s for c in layers[a:b]) / v)
+        upd.append(UPDATE_S_PER_PARAM_BYTE[optimizer] * sum(c.param_bytes for c in layers[a:b]) / v)
+    cuts = [layers[b - 1].output_bytes for _, b in pl.partition[:-1]]
+    comm = link.latency_s + max(cuts) / link.bandwidth_bytes_s if cuts else 0.0
+    costs = Costs(tuple(fwd), tuple(bwd), tuple(upd), comm)
+    n = len(pl.stages)
+
+    def run(steps: int) -> tuple[float, tuple[float, ...]]:
+        sched = make_schedule(spec.schedule, n, m, steps, vertical_sync=spec.vertical_sync)
+        result = simulate(sched, costs)
+        return result.makespan, result.busy
+
+    if spec.schedule not in ASYNC_SCHEDULES:
+        return run(1)
+    k = 2 + -(-(2 * n + 2) // m)  # every stage past its warmup
+    (t1, b1), (t2, b2) = run(k), run(k + 2)
+    return (t2 - t1) / 2, tuple((y - x) / 2 for x, y in zip(b1, b2, strict=True))
+
+
+def _budgets(pl: Plan, slots: Sequence[Slot]) -> tuple[int | None, ...]:
+    """The budget of the slot each stage got: among its node's slots, the smallest that fits."""
+    out: list[int | None] = []
+    for sp in pl.stages:
+        own = [s.memory_bytes for s in slots if s.node_id == sp.node_id]
+        if None in own:
+            out.append(None)
+            continue
+        fit = sorted(b for b in own if b is not None and b >= sp.memory_bytes)
+        out.append(fit[0] if fit else None)
+    return tuple(out)
+
+
+def _stages_word(n: int) -> str:
+    return f"{n} stage{'s' if n != 1 else ''}"
+
+
+def plan_job(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], *,
+             stages: int | None = None, microbatches: int | None = None,
+             max_stages: int | None = None, link: Link = Link()) -> JobPlan:
+    """The best (stages, microbatches) for ``spec`` on ``slots``; ``layers`` were measured at the
+    spec's microbatch size. A given ``stages`` / ``microbatches`` is used as is, None chooses it.
+    InfeasibleError when no candidate fits (the message of the smallest candidate)."""
+    n = len(layers)
+    if n < 1 or not slots:
+        raise InfeasibleError("nothing to place: no layers" if n < 1 else "no slots to place stages on")
+    if stages is not None:
+        counts = [stages]
+    else:
+        top = min(len(slots), n, max_stages or MAX_STAGES, MAX_STAGES)
+        counts = list(range(1, top + 1))
+    optimizer = optimizer_name(spec)
+    profiled = spec.microbatch_size
+    results: list[tuple[float, int, int, JobPlan]] = []  # (samples/s, S, M, plan)
+    first_error: InfeasibleError | None = None
+    for s in counts:
+        ms = [microbatches] if microbatches is not None else microbatch_candidates(spec.batch_size, s)
+        for m in ms:
+            if spec.batch_size % m:
+                raise ValueError(f"batch_size ({spec.batch_size}) must be divisible by microbatches ({m})")
+            scaled = _scaled(layers, (spec.batch_size // m) / profiled)
+            try:
+                pl = plan(scaled, slots, spec.schedule, m, optimizer, link, num_stages=s)
+            except InfeasibleError as err:
+                first_error = first_error or err
+                continue
+            step_s, busy = _simulate(spec, scaled, pl, slots, m, link, optimizer)
+            bubbles = [1.0 - b / step_s if step_s > 0 else 0.0 for b in busy]
+            jp = JobPlan(s, m, pl, step_s, spec.batch_size / step_s if step_s > 0 else float("inf"),
+                         sum(bubbles) / len(bubbles), busy, "", _budgets(pl, slots))
+            results.append((jp.predicted_samples_per_s, s, m, jp))
+    if not results:
+        assert first_error is not None
+        raise first_error
+    best_rate = max(r[0] for r in results)
+    # candidates come in (S, M) order: the first within the tolerance has the fewest stages
+    rate, s, m, best = next(r for r in results if r[0] >= best_rate * (1 - TIE_TOLERANCE))
+    chosen = f"{_stages_word(s)}, {m} microbatches"
+    if stages is not None and microbatches is not None:
+        why = f"{chosen} as given"
+    else:
+        per_s: dict[int, float] = {}
+        for r, s2, _, _ in results:
+            per_s[s2] = max(per_s.get(s2, 0.0), r)
+        parts = [f"{chosen}: best of {len(results)} candidates"]
+        fewer = [x for x in per_s if x < s]
+        if fewer:
+            x = max(fewer)
+            parts.append(f"{rate / per_s[x]:.2f}x the throughput of {_stages_word(x)}")
+        more = [x for x in per_s if x > s]
+        if more:
+            x = min(more)
+            parts.append(f"{_stages_word(x)} would give {per_s[x] / rate:.2f}x")
+        skipped = len(counts) - len(per_s)
+        if skipped and stages is None:
+            parts.append(f"{skipped} stage count(s) do not fit")
+        why = "; ".join(parts)
+    tight = [str(sp.stage) for sp in best.plan.stages if sp.limited_by == "memory"]
+    if tight:
+        why += f"; stage{'s' if len(tight) > 1 else ''} {', '.join(tight)} limited by memory"
+    return replace(best, reason=f"{why}; {best.plan.reason}")
+
+
+def _range_name(names: Sequence[str], a: int, b: int) -> str:
+    if b - a == 1:
+        return names[a]
+    return f"{names[a]}..{names[b - 1]}"
+
+
+def _mib(n: int | None) -> str:
+    return "unlimited" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def render_plan(jp: JobPlan, spec: JobSpec, layer_names: Sequence[str]) -> str:
+    """A human-readable plan: one line per stage, then the predicted figures and the reason."""
+    lines = [f"plan for {spec.name}: {spec.schedule}, {_stages_word(jp.stages)}, "
+             f"{jp.microbatches} microbatches of {spec.batch_size // jp.microbatches}"]
+    rows = [("stage", "layers", "node", "ms/microbatch", "memory / budget", "busy", "limited by")]
+    for i, sp in enumerate(jp.plan.stages):
+        a, b = sp.layers
+        budget = jp.stage_budgets[i] if i < len(jp.stage_budgets) else None
+        busy = jp.predicted_stage_busy_s[i] / jp.predicted_step_s if jp.predicted_step_s > 0 else 0.0
+        rows.append((str(sp.stage), _range_name(layer_names, a, b), sp.node_id[:12],
+                     f"{(sp.compute_s + sp.send_s) * 1e3:.2f}",
+                     f"{_mib(sp.memory_bytes)} / {_mib(budget)}", f"{busy:.0%}", sp.limited_by))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+              for r in rows]
+    lines.append(f"predicted: {jp.predicted_step_s * 1e3:.1f} ms per step, "
+                 f"{jp.predicted_samples_per_s:.1f} samples/s, bubble {jp.predicted_bubble:.1%}")
+    lines.append(f"reason: {jp.reason}")
+    return "\n".join(lines)
