@@ -117,7 +117,7 @@ def _train(spec: Any, out: Path, address: str | None, resume: bool, quiet: bool)
         bar.update(task, completed=step, **fields)
 
     def on_event(ev: Event) -> None:
-        if ev.kind in ("checkpoint", "info") and not quiet:
+        if ev.kind in ("checkpoint", "info", "plan") and not quiet:
             bar.console.print(f"[dim]{ev.message}[/dim]")
 
     ctl = JobController(spec, out, opts, on_event=on_event, on_progress=on_progress)
@@ -140,6 +140,10 @@ def _print_summary(s: dict[str, Any]) -> None:
             ("bubble per stage", ", ".join(f"{b:.1%}" for b in s["bubble"])),
             ("peak weight versions", ", ".join(map(str, s["peak_versions"]))),
             ("checkpoints", s["checkpoints"][-1] if s["checkpoints"] else "-")]
+    if s["predicted_stage_busy_s"]:
+        pairs = zip(s["predicted_stage_busy_s"], s["measured_stage_busy_s"], strict=False)
+        rows.append(("busy per step, predicted / measured",
+                     ", ".join(f"{p * 1e3:.1f}/{m * 1e3:.1f} ms" for p, m in pairs)))
     if s["reason"] and s["state"] != "SUCCEEDED":
         rows.append(("reason", s["reason"]))
     for k, v in rows:
@@ -172,9 +176,10 @@ def plan(
     from service.partition import InfeasibleError
     from service.planner import cluster_slots, plan_job, render_plan
     from service.profiler import ProfileCache, profile_on_cluster
+    from service.runtime import pipewave_home
     from workers.models import layer_names
 
-    home = Path(os.environ.get("PIPEWAVE_HOME") or Path.home() / ".pipewave")
+    home = pipewave_home()
     try:
         profile = profile_on_cluster(spec, ProfileCache(home / "profiles"))
         slots = cluster_slots(memory_fraction=memory_fraction)

@@ -23,11 +23,17 @@ from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
 
 from service import checkpoint as ckpt
 from service.metrics import JobSummary, RunFigures, StepMetrics, run_figures, step_metrics
-from service.partition import Partition, uniform
+from service.partition import InfeasibleError, Partition, uniform
+from service.planner import JobPlan, cluster_slots, plan_job
+from service.profiler import ProfileCache, profile_on_cluster
+from service.runtime import pipewave_home
 from service.schedules import make_schedule
 from service.spec import JobSpec
 from workers.models import num_layers
@@ -70,6 +76,8 @@ class ControllerOptions:
     poll_s: float = 0.25
     ready_timeout_s: float = 120.0
     resume: bool = True
+    memory_fraction: float = 0.8  # share of a node's Ray memory its stages may plan for
+    profile_dir: Path | None = None  # layer profiles cache (default: $PIPEWAVE_HOME/profiles)
 
 
 class JobController:
@@ -82,6 +90,8 @@ class JobController:
         self.state = JobState.CREATED
         self.reason = ""
         self.partition: Partition = ()
+        self.stage_nodes: list[str] = []  # planned node per stage (partition "auto")
+        self.job_plan: JobPlan | None = None
         self.actors: list[Any] = []
         self.pg: Any = None
         self.step_done = 0  # global steps finished (and applied on every stage)
@@ -127,24 +137,46 @@ class JobController:
 
     # -- transitions -----------------------------------------------------------------------
     def _on_created(self) -> None:
-        self.partition = uniform(num_layers(self.spec.model), self.spec.stages)
         self.output.mkdir(parents=True, exist_ok=True)
+        if self.spec.partition == "auto":
+            self._plan()
+        else:
+            self.partition = uniform(num_layers(self.spec.model), self.spec.stages)
         self._transition(JobState.STARTING, f"partition {list(self.partition)}")
+
+    def _plan(self) -> None:
+        """Profile the layers on the cluster (cached) and place them with the exact planner."""
+        profile_dir = self.opts.profile_dir or pipewave_home() / "profiles"
+        profile = profile_on_cluster(self.spec, ProfileCache(profile_dir))
+        slots = cluster_slots(self.opts.cpus_per_stage, self.opts.memory_fraction)
+        try:
+            jp = plan_job(self.spec, profile.layers, slots, stages=self.spec.stages,
+                          microbatches=self.spec.microbatches)
+        except InfeasibleError as err:
+            raise JobError(f"cannot place the job: {err}") from None
+        self.job_plan, self.partition = jp, jp.plan.partition
+        self.stage_nodes = [sp.node_id for sp in jp.plan.stages]
+        self._emit("plan", f"planned {jp.stages} stages: {jp.reason}", plan=jp.to_dict())
 
     def _on_starting(self) -> None:
         S = self.spec.stages
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= S else 0
         bundle = {"CPU": self.opts.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
-        self.pg = placement_group([bundle] * S, strategy="PACK", name=f"pipewave-{self.spec.name}")
-        if not _wait(self.pg.ready(), self.opts.ready_timeout_s):
-            raise JobError(f"the cluster cannot place {S} stages of {bundle} within "
-                           f"{self.opts.ready_timeout_s:.0f}s (resources: {ray.cluster_resources()})")
+        strategies: list[Any]
+        if self.stage_nodes:  # planned: each stage on the node the planner chose for it
+            strategies = [NodeAffinitySchedulingStrategy(n, soft=False) for n in self.stage_nodes]
+        else:  # uniform: reserve all stages at once, packed
+            self.pg = placement_group([bundle] * S, strategy="PACK", name=f"pipewave-{self.spec.name}")
+            if not _wait(self.pg.ready(), self.opts.ready_timeout_s):
+                raise JobError(f"the cluster cannot place {S} stages of {bundle} within "
+                               f"{self.opts.ready_timeout_s:.0f}s (resources: {ray.cluster_resources()})")
+            strategies = [PlacementGroupSchedulingStrategy(self.pg, s) for s in range(S)]
         cls = ray.remote(concurrency_groups={"control": 2})(StageWorker)  # type: ignore[call-overload]
         spec_json = self.spec.model_dump_json()
         self.actors = [
             cls.options(
                 num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, s),
+                scheduling_strategy=strategies[s],
             ).remote(spec_json, s, S, start, end, self.opts.threads_per_stage)
             for s, (start, end) in enumerate(self.partition)
         ]
@@ -304,7 +336,16 @@ class JobController:
             peak_versions=[max(f.peak_versions[s] for f in figs) for s in range(self.spec.stages)]
             if figs else [],
             checkpoints=self.checkpoints, output=str(self.output), reason=self.reason,
+            predicted_stage_busy_s=list(self.job_plan.predicted_stage_busy_s) if self.job_plan else [],
+            measured_stage_busy_s=_mean_busy(done[1:] or done, self.spec.stages),
         )
+
+
+def _mean_busy(steps: list[StepMetrics], num_stages: int) -> list[float]:
+    """Per stage, mean busy seconds per step."""
+    if not steps:
+        return []
+    return [sum(m.stage_busy_s[s] for m in steps) / len(steps) for s in range(num_stages)]
 
 
 def _wait(ref: Any, timeout: float) -> bool:

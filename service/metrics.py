@@ -56,6 +56,8 @@ class JobSummary:
     checkpoints: list[str] = field(default_factory=list)
     output: str = ""
     reason: str = ""
+    predicted_stage_busy_s: list[float] = field(default_factory=list)  # per step, planner's figure
+    measured_stage_busy_s: list[float] = field(default_factory=list)  # per step, mean after step 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+
+def pipewave_home() -> Path:
+    """The state directory: ``$PIPEWAVE_HOME``, else ``~/.pipewave``."""
+    return Path(os.environ.get("PIPEWAVE_HOME") or Path.home() / ".pipewave").expanduser()
 
 
 def connect(address: str | None, min_cpus: int = 1) -> None:

@@ -86,6 +86,7 @@ class JobSpec(_Strict):
     data: DataSpec = StdlibData(kind="stdlib")
     schedule: ScheduleName = "1f1b"
     vertical_sync: bool = False
+    partition: Literal["uniform", "auto"] = "uniform"  # auto: profile the layers, exact planner
     stages: int = Field(2, ge=1, le=64)
     microbatches: int = Field(4, ge=1, le=1024)
     batch_size: int = Field(32, ge=1, le=65_536)
