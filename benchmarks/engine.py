@@ -131,7 +131,7 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     connect(None, max(4, cfg.ranks))  # before anything imports ray: loopback-only cluster
     try:
         from service.controller import ControllerOptions, JobController
-        from service.schedules import Action, Costs, make_schedule, simulate
+        from service.schedules import Costs, make_schedule, simulate
         from service.spec import load_spec
 
         spec = load_spec(SPEC_FILE, overrides={
@@ -151,7 +151,7 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         fig = ctl.figures[0]
         comm = _estimate_comm(ctl.last_run)
         M = spec.microbatches
-        spans = [[(Action.parse(t), t0, t1) for t, t0, t1 in r.spans] for r in ctl.last_run]
+        spans = [r.spans for r in ctl.last_run]
         fwd, bwd = _mean_costs(spans, M, warmup, tuple(fig.mean_update_s))
         sched = make_schedule(spec.schedule, spec.stages, M, spec.steps)
         sim = simulate(sched, Costs(forward=fwd, backward=bwd,
@@ -227,12 +227,11 @@ def _ready_gaps(reports: list[Any], update_s: tuple[float, ...]) -> list[float]:
     """Per stage, the fraction of the run's wall time the stage sat idle although its next action's
     inputs had already been produced (transfer latency plus the engine's own per-action overhead:
     the part of the measured bubble a cost-only simulation cannot see)."""
-    from service.schedules import Action, Kind
+    from service.schedules import Kind
 
     made: dict[tuple[int, Kind, int], float] = {}  # when each action's output left its stage
     for r in reports:
-        for text, _, t1 in r.spans:
-            a = Action.parse(text)
+        for a, _, t1 in r.spans:
             made[a.key] = t1 - (update_s[r.stage] if a.update else 0.0)  # gradients leave first
     begin = min(r.spans[0][1] for r in reports if r.spans)
     end = max(r.spans[-1][2] for r in reports if r.spans)
@@ -240,8 +239,7 @@ def _ready_gaps(reports: list[Any], update_s: tuple[float, ...]) -> list[float]:
     out = []
     for r in reports:
         prev, gap = begin, 0.0
-        for text, t0, t1 in r.spans:
-            a = Action.parse(text)
+        for a, t0, t1 in r.spans:
             ready = max([prev] + [made[d] for d in a.dependencies(S) if d[0] != r.stage])
             gap += max(0.0, t0 - ready)
             prev = t1
@@ -252,12 +250,11 @@ def _ready_gaps(reports: list[Any], update_s: tuple[float, ...]) -> list[float]:
 def _estimate_comm(reports: list[Any]) -> float:
     """Median stage-to-stage activation latency: from the end of stage s-1's forward of a
     microbatch to the start of stage s's, over the forwards stage s was idle waiting for."""
-    from service.schedules import Action, Kind
+    from service.schedules import Kind
 
     ends: dict[tuple[int, int], float] = {}
     for r in reports:
-        for text, _, t1 in r.spans:
-            a = Action.parse(text)
+        for a, _, t1 in r.spans:
             if a.kind is Kind.F:
                 ends[(r.stage, a.microbatch)] = t1
     samples = []
@@ -265,8 +262,7 @@ def _estimate_comm(reports: list[Any]) -> float:
         if r.stage == 0:
             continue
         prev_end = float("-inf")
-        for text, t0, t1 in r.spans:
-            a = Action.parse(text)
+        for a, t0, t1 in r.spans:
             if a.kind is Kind.F:
                 sent = ends[(r.stage - 1, a.microbatch)]
                 if prev_end <= sent:  # the stage was free before the activation left: it waited

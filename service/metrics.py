@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from service.schedules import Action
+from service.schedules import Kind
 from workers.stage import RunReport
 
 
@@ -70,8 +70,8 @@ def step_metrics(reports: list[RunReport], first_step: int, num_steps: int, micr
     ends = [t_start] * num_steps
     busy = [[0.0] * S for _ in range(num_steps)]
     for r in reports:
-        for text, t0, t1 in r.spans:
-            k = Action.parse(text).microbatch // microbatches
+        for a, t0, t1 in r.spans:
+            k = a.microbatch // microbatches
             ends[k] = max(ends[k], t1)
             busy[k][r.stage] += t1 - t0
     losses: dict[int, list[float]] = {}
@@ -98,9 +98,9 @@ def run_figures(reports: list[RunReport]) -> RunFigures:
     t1 = max(r.spans[-1][2] for r in reports if r.spans)
     fwd, bwd, upd = [], [], []
     for r in reports:
-        f = [b - a for t, a, b in r.spans if "F" in t]
-        bs = [b - a for t, a, b in r.spans if "B" in t]
-        n_upd = sum(1 for t, _, _ in r.spans if t.endswith("+"))
+        f = [t1 - t0 for a, t0, t1 in r.spans if a.kind is Kind.F]
+        bs = [t1 - t0 for a, t0, t1 in r.spans if a.kind is Kind.B]
+        n_upd = sum(1 for a, _, _ in r.spans if a.update)
         fwd.append(sum(f) / max(1, len(f)))
         bwd.append((sum(bs) - r.update_s) / max(1, len(bs)))
         upd.append(r.update_s / max(1, n_upd))

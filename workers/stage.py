@@ -44,7 +44,7 @@ class Run:
 class RunReport:
     stage: int
     losses: dict[int, float] = field(default_factory=dict)  # microbatch -> loss (last stage)
-    spans: list[tuple[str, float, float]] = field(default_factory=list)  # (action, start, end)
+    spans: list[tuple[Action, float, float]] = field(default_factory=list)  # (action, start, end)
     versions_used: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, mb, version)
     peak_versions: int = 0
     peak_activations: int = 0
@@ -56,7 +56,6 @@ class RunReport:
 class Progress:
     step: int = 0  # steps fully finished on this stage
     loss: float | None = None
-    time: float = 0.0
 
 
 class StageWorker:
@@ -231,9 +230,9 @@ class StageWorker:
             report.peak_versions = max(report.peak_versions, len(self._live_versions()))
             t1 = time.time()
             report.busy_s += t1 - t0
-            report.spans.append((str(a), t0, t1))
+            report.spans.append((a, t0, t1))
             if i == last_of_step[step]:
-                self._finish_step(step, step_losses, t1)
+                self._finish_step(step, step_losses)
         box.flush()
         if acc is not None:
             raise RuntimeError(f"stage {s}: run ended with gradients not applied")
@@ -242,10 +241,10 @@ class StageWorker:
     def _live_versions(self) -> set[int]:
         return {id(v) for v in self.versions.values()}
 
-    def _finish_step(self, step: int, step_losses: dict[int, list[float]], t: float) -> None:
+    def _finish_step(self, step: int, step_losses: dict[int, list[float]]) -> None:
         losses = step_losses.pop(step, None)
         loss = sum(losses) / len(losses) if losses else None
-        self.progress = Progress(step=step + 1, loss=loss, time=t)
+        self.progress = Progress(step=step + 1, loss=loss)
 
 
 def _keep_freed_memory() -> None:
