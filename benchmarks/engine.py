@@ -136,7 +136,8 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
 
         spec = load_spec(SPEC_FILE, overrides={
             "name": f"bench-{cfg.schedule}-{cfg.ranks}", "schedule": cfg.schedule,
-            "stages": cfg.ranks, "steps": warmup + steps, "checkpoint": {"every_steps": None}})
+            "stages": cfg.ranks, "partition": "uniform", "steps": warmup + steps,
+            "checkpoint": {"every_steps": None}})  # uniform: the cut torch pipelining gets
         opts = ControllerOptions(cpus_per_stage=1, threads_per_stage=max(1, THREADS // cfg.ranks),
                                  resume=False)
         with tempfile.TemporaryDirectory(prefix="pipewave-bench-") as out:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -88,13 +87,14 @@ def _train(spec: Any, out: Path, address: str | None, resume: bool, quiet: bool)
 
     embedded = address is None
     try:
-        connect(address, spec.stages)
+        connect(address, spec.stages if spec.stages != "auto" else 1)
     except Exception as err:  # unreachable cluster, bad address
         fail(f"cannot connect to Ray at {address}: {str(err).splitlines()[0] if str(err) else err}")
     from service.controller import ControllerOptions, Event, JobController
 
-    cpus = max(1, (os.cpu_count() or 1) // spec.stages) if embedded else 1
-    opts = ControllerOptions(cpus_per_stage=1, threads_per_stage=cpus, resume=resume)
+    # embedded: this machine's cores are shared by the stages; a cluster: a thread per CPU
+    opts = ControllerOptions(cpus_per_stage=1, threads_per_stage=None if embedded else 1,
+                             resume=resume)
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
                    TimeRemainingColumn(), console=err_console, disable=quiet)
@@ -155,7 +155,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 def plan(
     job: Annotated[Path, typer.Argument(help="job spec, YAML or JSON")],
     address: Annotated[str | None, typer.Option(help="Ray cluster address; none starts a local one")] = None,
-    auto: Annotated[bool, typer.Option("--auto", help="choose the stages and microbatches")] = False,
+    auto: Annotated[bool, typer.Option(
+        "--auto", help="choose the stages and microbatches even where the spec gives them")] = False,
     memory_fraction: Annotated[float, typer.Option(
         min=1e-9, max=1.0, help="share of each node's Ray memory the stages may use")] = 0.8,
     as_json: Annotated[bool, typer.Option("--json", help="print the plan as JSON")] = False,
@@ -170,7 +171,7 @@ def plan(
     from service.runtime import connect, disconnect
 
     try:
-        connect(address, spec.stages)
+        connect(address, spec.stages if spec.stages != "auto" else 1)
     except Exception as err:  # unreachable cluster, bad address
         fail(f"cannot connect to Ray at {address}: {str(err).splitlines()[0] if str(err) else err}")
     from service.partition import InfeasibleError
@@ -183,8 +184,10 @@ def plan(
     try:
         profile = profile_on_cluster(spec, ProfileCache(home / "profiles"))
         slots = cluster_slots(memory_fraction=memory_fraction)
-        chosen = plan_job(spec, profile.layers, slots, stages=None if auto else spec.stages,
-                          microbatches=None if auto else spec.microbatches)
+        stages = None if auto or spec.stages == "auto" else spec.stages
+        microbatches = None if auto or spec.microbatches == "auto" else spec.microbatches
+        chosen = plan_job(spec, profile.layers, slots, stages=stages, microbatches=microbatches,
+                          max_stages=spec.max_stages)
     except InfeasibleError as err:
         fail(f"cannot place the job: {str(err).splitlines()[0]}")
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
@@ -72,7 +73,7 @@ class Event:
 @dataclass
 class ControllerOptions:
     cpus_per_stage: float = 1.0
-    threads_per_stage: int = 1
+    threads_per_stage: int | None = None  # None: this machine's cores shared by the stages
     poll_s: float = 0.25
     ready_timeout_s: float = 120.0
     resume: bool = True
@@ -84,7 +85,10 @@ class JobController:
     def __init__(self, spec: JobSpec, output: Path, options: ControllerOptions | None = None,
                  on_event: Callable[[Event], None] | None = None,
                  on_progress: Callable[[int, float | None], None] | None = None) -> None:
-        self.spec, self.output = spec, Path(output)
+        # ``request`` is the spec as submitted; ``spec`` is it with the planner's choices (stages,
+        # microbatches) filled in once planned
+        self.request = self.spec = spec
+        self.output = Path(output)
         self.opts = options or ControllerOptions()
         self.on_event, self.on_progress = on_event, on_progress
         self.state = JobState.CREATED
@@ -101,6 +105,7 @@ class JobController:
         self.events: list[Event] = []
         self.checkpoints: list[str] = []
         self.last_run: list[RunReport] = []
+        self._record: ckpt.CheckpointRecord | None = None  # the checkpoint to resume from
         self._cancel: str | None = None
         self._t_created = time.time()
         self._t_running = 0.0
@@ -138,28 +143,50 @@ class JobController:
     # -- transitions -----------------------------------------------------------------------
     def _on_created(self) -> None:
         self.output.mkdir(parents=True, exist_ok=True)
-        if self.spec.partition == "auto":
-            self._plan()
+        prior: dict[str, Any] = {}
+        self._record = ckpt.latest(self.output) if self.opts.resume else None
+        if self._record is not None:
+            prior = self._check_checkpoint(self._record)
+        if self.request.partition == "auto":
+            self._plan(prior)
         else:
-            self.partition = uniform(num_layers(self.spec.model), self.spec.stages)
-        self._transition(JobState.STARTING, f"partition {list(self.partition)}")
+            self.partition = uniform(num_layers(self.spec.model), self.spec.num_stages)
+        self._transition(JobState.STARTING, f"{self.spec.num_stages} stages, "
+                                            f"{self.spec.num_microbatches} microbatches, "
+                                            f"partition {list(self.partition)}")
 
-    def _plan(self) -> None:
-        """Profile the layers on the cluster (cached) and place them with the exact planner."""
+    def _plan(self, prior: dict[str, Any]) -> None:
+        """Profile the layers on the cluster (cached) and place them with the exact planner.
+        Counts the request leaves "auto" are chosen; resuming, the checkpoint's counts are kept
+        while the cluster still fits them (re-planned when it does not)."""
+        req = self.request
         profile_dir = self.opts.profile_dir or pipewave_home() / "profiles"
-        profile = profile_on_cluster(self.spec, ProfileCache(profile_dir))
+        profile = profile_on_cluster(req, ProfileCache(profile_dir))
         slots = cluster_slots(self.opts.cpus_per_stage, self.opts.memory_fraction)
+        stages = None if req.stages == "auto" else req.stages
+        microbatches = None if req.microbatches == "auto" else req.microbatches
         try:
-            jp = plan_job(self.spec, profile.layers, slots, stages=self.spec.stages,
-                          microbatches=self.spec.microbatches)
+            try:
+                jp = plan_job(req, profile.layers, slots, max_stages=req.max_stages,
+                              stages=stages or prior.get("stages"),
+                              microbatches=microbatches or prior.get("microbatches"))
+            except InfeasibleError as err:
+                if not prior or (stages and microbatches):
+                    raise
+                self._emit("info", f"the checkpoint's {prior['stages']} stages x "
+                                   f"{prior['microbatches']} microbatches no longer fit ({err}); "
+                                   f"re-planning")
+                jp = plan_job(req, profile.layers, slots, stages=stages,
+                              microbatches=microbatches, max_stages=req.max_stages)
         except InfeasibleError as err:
             raise JobError(f"cannot place the job: {err}") from None
+        self.spec = req.resolve(jp.stages, jp.microbatches)
         self.job_plan, self.partition = jp, jp.plan.partition
         self.stage_nodes = [sp.node_id for sp in jp.plan.stages]
         self._emit("plan", f"planned {jp.stages} stages: {jp.reason}", plan=jp.to_dict())
 
     def _on_starting(self) -> None:
-        S = self.spec.stages
+        S = self.spec.num_stages
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= S else 0
         bundle = {"CPU": self.opts.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
         strategies: list[Any]
@@ -173,11 +200,12 @@ class JobController:
             strategies = [PlacementGroupSchedulingStrategy(self.pg, s) for s in range(S)]
         cls = ray.remote(concurrency_groups={"control": 2})(StageWorker)  # type: ignore[call-overload]
         spec_json = self.spec.model_dump_json()
+        threads = self.opts.threads_per_stage or max(1, (os.cpu_count() or 1) // S)
         self.actors = [
             cls.options(
                 num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
                 scheduling_strategy=strategies[s],
-            ).remote(spec_json, s, S, start, end, self.opts.threads_per_stage)
+            ).remote(spec_json, s, S, start, end, threads)
             for s, (start, end) in enumerate(self.partition)
         ]
         infos = ray.get([a.info.remote() for a in self.actors], timeout=self.opts.ready_timeout_s)
@@ -188,9 +216,8 @@ class JobController:
                           for i in infos)
         self._emit("info", f"{S} stages ready ({where})", stages=[
             {k: i[k] for k in ("stage", "layers", "node_id", "device", "params")} for i in infos])
-        record = ckpt.latest(self.output) if self.opts.resume else None
-        if record is not None:
-            self._resume(record)
+        if self._record is not None:
+            self._resume(self._record)
         else:
             self._start_fresh()
         if self.step_done >= self.spec.steps:
@@ -221,9 +248,9 @@ class JobController:
 
     # -- actions ---------------------------------------------------------------------------
     def _run_steps(self, first: int, count: int) -> None:
-        sched = make_schedule(self.spec.schedule, self.spec.stages, self.spec.microbatches,
-                              count, vertical_sync=self.spec.vertical_sync)
-        M = self.spec.microbatches
+        M = self.spec.num_microbatches
+        sched = make_schedule(self.spec.schedule, self.spec.num_stages, M, count,
+                              vertical_sync=self.spec.vertical_sync)
         scale = 1.0 if self.spec.schedule == "pipedream" else 1.0 / M
         t0 = time.time()
         refs = [a.run.remote(Run(sched.stage_actions(s), first, scale, sched.carry_versions))
@@ -267,22 +294,31 @@ class JobController:
         self.checkpoints.append(str(d))
         self._emit("checkpoint", f"checkpoint at step {self.step_done}", path=str(d))
 
-    def _resume(self, record: ckpt.CheckpointRecord) -> None:
+    def _check_checkpoint(self, record: ckpt.CheckpointRecord) -> dict[str, Any]:
+        """Refuse another job's checkpoint; return its spec (resolved stages, microbatches)."""
         manifest = ckpt.read_manifest(record.path)
-        mine = _flat(self.spec.model_dump(mode="json"))
+        mine = _flat(self.request.model_dump(mode="json"))
         theirs = _flat(dict(manifest["spec"]))
+        free = ("steps", "checkpoint.", "partition", "max_stages", "stages", "microbatches")
         differ = sorted(k for k in mine.keys() | theirs.keys()
-                        if not k.startswith(("steps", "checkpoint.")) and mine.get(k) != theirs.get(k))
+                        if not k.startswith(free) and mine.get(k) != theirs.get(k))
         if differ:
             raise JobError(f"{record.path} belongs to a different job (fields differ: "
                            f"{', '.join(differ)}); use another --output or --no-resume")
-        layers = [tuple(s["layers"]) for s in manifest["stages"]]
-        if layers != list(self.partition):
-            raise JobError(f"checkpoint partition {layers} differs from {list(self.partition)}")
-        ray.get([a.load.remote(str(record.path / manifest["stages"][s]["file"]))
-                 for s, a in enumerate(self.actors)])
+        return dict(manifest["spec"])
+
+    def _resume(self, record: ckpt.CheckpointRecord) -> None:
+        """Load the checkpoint into the stages; every stage reads the files that hold its layers,
+        so the checkpoint's partition (and stage count) need not be this run's."""
+        manifest = ckpt.read_manifest(record.path)
+        files = [(tuple(e["layers"]), str(record.path / e["file"])) for e in manifest["stages"]]
+        ray.get([a.load.remote([f for (a0, b0), f in files if a0 < end and b0 > start])
+                 for a, (start, end) in zip(self.actors, self.partition, strict=True)])
         self.step_done = self.first_step = record.step
-        self._emit("info", f"resumed from checkpoint at step {record.step}", path=str(record.path))
+        before = [list(layers) for layers, _ in files]
+        moved = f" (re-partitioned from {before})" if before != [list(b) for b in self.partition] else ""
+        self._emit("info", f"resumed from checkpoint at step {record.step}{moved}",
+                   path=str(record.path))
 
     def _start_fresh(self) -> None:
         """Training from step 0: earlier checkpoints and metrics in the output are another run's."""
@@ -323,29 +359,30 @@ class JobController:
         done = self.metrics
         samples = self.spec.batch_size * len(done)
         figs = self.figures
+        S = self.spec.stages if isinstance(self.spec.stages, int) else 0  # 0: never planned
         bubble = [sum(f.bubble[s] * f.wall_s for f in figs) / sum(f.wall_s for f in figs)
-                  for s in range(self.spec.stages)] if figs else []
+                  for s in range(S)] if figs else []
         return JobSummary(
-            name=self.spec.name, schedule=self.spec.schedule, stages=self.spec.stages,
+            name=self.spec.name, schedule=self.spec.schedule, stages=S,
             state=self.state.value, steps=self.step_done,
             final_loss=done[-1].loss if done else None,
             samples_per_s=samples / self._train_s if self._train_s > 0 else 0.0,
             train_s=self._train_s,
             startup_s=(self._t_running - self._t_created) if self._t_running else 0.0,
             first_step=self.first_step, bubble=bubble,
-            peak_versions=[max(f.peak_versions[s] for f in figs) for s in range(self.spec.stages)]
-            if figs else [],
+            peak_versions=[max(f.peak_versions[s] for f in figs) for s in range(S)] if figs else [],
             checkpoints=self.checkpoints, output=str(self.output), reason=self.reason,
             predicted_stage_busy_s=list(self.job_plan.predicted_stage_busy_s) if self.job_plan else [],
-            measured_stage_busy_s=_mean_busy(done[1:] or done, self.spec.stages),
+            measured_stage_busy_s=_mean_per_stage([m.stage_busy_s for m in done[1:] or done], S),
+            measured_stage_cpu_s=_mean_per_stage([m.stage_cpu_s for m in done[1:] or done], S),
         )
 
 
-def _mean_busy(steps: list[StepMetrics], num_stages: int) -> list[float]:
-    """Per stage, mean busy seconds per step."""
-    if not steps:
+def _mean_per_stage(rows: list[tuple[float, ...]], num_stages: int) -> list[float]:
+    """Per stage, the mean over steps (rows: one tuple per step)."""
+    if not rows or any(len(r) < num_stages for r in rows):
         return []
-    return [sum(m.stage_busy_s[s] for m in steps) / len(steps) for s in range(num_stages)]
+    return [sum(r[s] for r in rows) / len(rows) for s in range(num_stages)]
 
 
 def _wait(ref: Any, timeout: float) -> bool:

@@ -17,6 +17,7 @@ class StepMetrics:
     time_s: float  # wall time of this step (from the previous step's end)
     stage_busy_s: tuple[float, ...]
     stage_idle_s: tuple[float, ...]
+    stage_cpu_s: tuple[float, ...] = ()  # CPU seconds of the busy spans (immune to contention)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +59,7 @@ class JobSummary:
     reason: str = ""
     predicted_stage_busy_s: list[float] = field(default_factory=list)  # per step, planner's figure
     measured_stage_busy_s: list[float] = field(default_factory=list)  # per step, mean after step 1
+    measured_stage_cpu_s: list[float] = field(default_factory=list)  # the same in CPU seconds
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,11 +71,13 @@ def step_metrics(reports: list[RunReport], first_step: int, num_steps: int, micr
     S = len(reports)
     ends = [t_start] * num_steps
     busy = [[0.0] * S for _ in range(num_steps)]
+    cpu = [[0.0] * S for _ in range(num_steps)]
     for r in reports:
-        for a, t0, t1 in r.spans:
+        for i, (a, t0, t1) in enumerate(r.spans):
             k = a.microbatch // microbatches
             ends[k] = max(ends[k], t1)
             busy[k][r.stage] += t1 - t0
+            cpu[k][r.stage] += r.cpu_s[i] if i < len(r.cpu_s) else 0.0
     losses: dict[int, list[float]] = {}
     for mb, loss in reports[-1].losses.items():
         losses.setdefault(mb // microbatches, []).append(loss)
@@ -89,6 +93,7 @@ def step_metrics(reports: list[RunReport], first_step: int, num_steps: int, micr
             time_s=dt,
             stage_busy_s=tuple(busy[k]),
             stage_idle_s=tuple(max(0.0, dt - b) for b in busy[k]),
+            stage_cpu_s=tuple(cpu[k]),
         ))
     return out
 

@@ -80,15 +80,29 @@ ModelSpec = Annotated[GPTSpec | MLPSpec, Field(discriminator="kind")]
 DataSpec = Annotated[StdlibData | TextData | SyntheticData, Field(discriminator="kind")]
 
 
+Auto = Literal["auto"]
+StageCount = Annotated[int, Field(ge=1, le=64)] | Auto
+MicrobatchCount = Annotated[int, Field(ge=1, le=1024)] | Auto
+
+
+def _divisors_up_to(n: int, top: int) -> list[int]:
+    return [d for d in range(1, min(n, top) + 1) if n % d == 0]
+
+
 class JobSpec(_Strict):
+    """``stages`` / ``microbatches`` "auto": the planner chooses them (``max_stages`` bounds the
+    stage count); ``partition`` "auto": the planner places the layers from their profile, and
+    "uniform" splits them by count (it needs a given ``stages``)."""
+
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: ModelSpec
     data: DataSpec = StdlibData(kind="stdlib")
     schedule: ScheduleName = "1f1b"
     vertical_sync: bool = False
-    partition: Literal["uniform", "auto"] = "uniform"  # auto: profile the layers, exact planner
-    stages: int = Field(2, ge=1, le=64)
-    microbatches: int = Field(4, ge=1, le=1024)
+    partition: Literal["uniform", "auto"] = "auto"
+    stages: StageCount = "auto"
+    max_stages: int | None = Field(None, ge=1, le=64)
+    microbatches: MicrobatchCount = "auto"
     batch_size: int = Field(32, ge=1, le=65_536)
     steps: int = Field(100, ge=1, le=10_000_000)
     optimizer: OptimizerSpec = OptimizerSpec()
@@ -98,12 +112,17 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         layers = num_layers(self.model)
-        if self.stages > layers:
+        if self.stages != "auto" and self.stages > layers:
             raise ValueError(
                 f"stages ({self.stages}) exceeds the model's {layers} layers "
                 f"(a stage needs at least one layer)"
             )
-        if self.batch_size % self.microbatches:
+        if self.partition == "uniform" and "auto" in (self.stages, self.microbatches):
+            raise ValueError("partition 'uniform' needs stages and microbatches given as numbers "
+                             "(or use partition 'auto')")
+        if self.max_stages is not None and self.stages != "auto":
+            raise ValueError("max_stages bounds stages 'auto'; with a given stages leave it out")
+        if self.microbatches != "auto" and self.batch_size % self.microbatches:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be divisible by microbatches "
                 f"({self.microbatches})"
@@ -113,8 +132,35 @@ class JobSpec(_Strict):
         return self
 
     @property
+    def is_resolved(self) -> bool:
+        return self.stages != "auto" and self.microbatches != "auto"
+
+    @property
+    def num_stages(self) -> int:
+        """The stage count of a resolved spec (see ``resolve``)."""
+        if self.stages == "auto":
+            raise ValueError(f"job {self.name}: stages 'auto' is not resolved yet")
+        return self.stages
+
+    @property
+    def num_microbatches(self) -> int:
+        if self.microbatches == "auto":
+            raise ValueError(f"job {self.name}: microbatches 'auto' is not resolved yet")
+        return self.microbatches
+
+    @property
     def microbatch_size(self) -> int:
+        """Samples per microbatch; with microbatches "auto", that of the profiling shape (the
+        batch split in the largest divisor count up to 4; the planner rescales per candidate)."""
+        if self.microbatches == "auto":
+            return self.batch_size // max(_divisors_up_to(self.batch_size, 4))
         return self.batch_size // self.microbatches
+
+    def resolve(self, stages: int, microbatches: int) -> JobSpec:
+        """This spec with the planner's choices filled in (validated again)."""
+        data = self.model_dump(mode="json")
+        data.update(stages=stages, microbatches=microbatches, max_stages=None)
+        return JobSpec.model_validate(data)
 
 
 def _one_line(err: ValidationError) -> str:

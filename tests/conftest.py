@@ -44,6 +44,7 @@ def _make_spec(**overrides: Any):
                   "seq_len": 16},
         "data": {"kind": "synthetic"},
         "schedule": "1f1b",
+        "partition": "uniform",  # the engine's numerics: a fixed, known split
         "stages": 2,
         "microbatches": 4,
         "batch_size": 8,

@@ -21,8 +21,13 @@ def _tokens(cfg, batch: int = 2, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("kind", CFGS)
 def test_num_layers_and_names(kind):
     cfg = CFGS[kind]
-    assert models.num_layers(cfg) == cfg.n_layers + 2
-    assert models.layer_names(cfg) == ["embed", "block0", "block1", "block2", "head"]
+    if kind == "gpt":  # each block is two cuttable layers: its attention and its MLP half
+        assert models.num_layers(cfg) == 2 * cfg.n_layers + 2
+        assert models.layer_names(cfg) == ["embed", "block0.attn", "block0.mlp", "block1.attn",
+                                           "block1.mlp", "block2.attn", "block2.mlp", "head"]
+    else:
+        assert models.num_layers(cfg) == cfg.n_layers + 2
+        assert models.layer_names(cfg) == ["embed", "block0", "block1", "block2", "head"]
     assert len(models.build_layers(cfg, seed=0)) == models.num_layers(cfg)
 
 
@@ -42,8 +47,8 @@ def test_subset_build_matches_full_build(kind, indices):
 
 
 def test_seed_and_index_change_init():
-    a = models.build_layers(GPT, seed=0, indices=[1, 2])
-    b = models.build_layers(GPT, seed=1, indices=[1, 2])
+    a = models.build_layers(GPT, seed=0, indices=[1, 3])  # two attention halves
+    b = models.build_layers(GPT, seed=1, indices=[1, 3])
     w = "attn.c_attn.weight"
     assert not torch.equal(a[0].get_parameter(w), b[0].get_parameter(w))
     assert not torch.equal(a[0].get_parameter(w), a[1].get_parameter(w))
@@ -92,7 +97,7 @@ def test_chained_layers_equal_build_model(kind):
 def test_state_dict_keys_are_layer_indexed():
     keys = models.build_model(GPT, seed=0).state_dict().keys()
     assert "0.tok_emb.weight" in keys
-    assert "1.attn.c_attn.weight" in keys
+    assert "1.attn.c_attn.weight" in keys and "2.mlp.c_fc.weight" in keys
     assert f"{models.num_layers(GPT) - 1}.lm_head.weight" in keys
 
 
@@ -113,7 +118,7 @@ def test_reference_gpt_parameter_count():
 
 def test_invalid_indices_and_configs():
     with pytest.raises(IndexError, match="out of range"):
-        models.build_layers(GPT, seed=0, indices=[5])
+        models.build_layers(GPT, seed=0, indices=[models.num_layers(GPT)])
     with pytest.raises(IndexError, match="out of range"):
         models.build_layers(GPT, seed=0, indices=[-1])
     with pytest.raises(ValueError, match="duplicate"):

@@ -187,7 +187,7 @@ def test_cli_plan_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["stages"] == 2 and data["microbatches"] == 2
-    assert data["partition"][0][0] == 0 and data["partition"][-1][1] == 4
+    assert data["partition"][0][0] == 0 and data["partition"][-1][1] == 6  # 2 blocks: 6 layers
     assert list((tmp_path / "profiles").glob("*.json"))  # the profile was cached
 
 

@@ -28,7 +28,7 @@ def test_example_parses_as_written() -> None:
     [
         ({"bogus": 1}, "bogus: unknown field"),
         ({"model": {"kind": "gpt", "n_layers": 2, "d_model": 32, "n_heads": 2, "wat": 3}}, "unknown field"),
-        ({"stages": 11}, "stages (11) exceeds the model's 10 layers"),
+        ({"stages": 19}, "stages (19) exceeds the model's 18 layers"),
         ({"optimizer": {"kind": "adam", "lr": -0.1}}, "optimizer.lr: Input should be greater than 0"),
         ({"batch_size": 30}, "batch_size (30) must be divisible by microbatches (8)"),
         ({"schedule": "zigzag"}, "schedule: Input should be"),

@@ -6,8 +6,10 @@ computed outside the layers, from the last layer's output (see ``loss_fn``).
 
 Two byte-level language models, both taking int64 tokens (B, T) and returning logits (B, T, V):
 
-- ``gpt``: Embedding -> n_layers pre-LN transformer Blocks -> Head (nanoGPT-style, no dropout,
-  no weight tying, so stages own disjoint parameters and training is deterministic).
+- ``gpt``: Embedding -> n_layers pre-LN transformer blocks -> Head (nanoGPT-style, no dropout,
+  no weight tying, so stages own disjoint parameters and training is deterministic). Each block
+  is two cuttable layers, its attention half and its MLP half (both residual), so the planner
+  can cut inside a block: a finer grain balances the stages better around a heavy head.
 - ``mlp``: Embedding -> n_layers residual MLP blocks -> Head; tiny and fast, for tests.
 
 Layer ``i`` is initialised from ``(seed, i)`` alone, so a stage that builds only its own layers
@@ -112,23 +114,21 @@ class MLP(nn.Module):
         return self.c_proj(F.gelu(self.c_fc(x)))  # (B, T, 4C) -> (B, T, C)
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block: (B, T, C) -> (B, T, C)."""
+class AttentionHalf(nn.Module):
+    """First half of a pre-LN transformer block: (B, T, C) -> (B, T, C)."""
 
     def __init__(self, d_model: int, n_heads: int, proj_std: float) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(d_model)
         self.attn = CausalSelfAttention(d_model, n_heads, proj_std)
-        self.ln_2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model, proj_std)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))  # (B, T, C)
-        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x + self.attn(self.ln_1(x))  # (B, T, C)
 
 
 class MLPBlock(nn.Module):
-    """Residual per-position MLP block (no mixing across positions): (B, T, C) -> (B, T, C)."""
+    """Residual per-position MLP: the second half of a transformer block, and the whole block of
+    the ``mlp`` model (no mixing across positions): (B, T, C) -> (B, T, C)."""
 
     def __init__(self, d_model: int, proj_std: float) -> None:
         super().__init__()
@@ -169,16 +169,25 @@ def _validate(cfg: ModelConfig) -> None:
             raise ValueError(f"gpt n_heads must divide d_model={cfg.d_model}, got {n_heads!r}")
 
 
+def _per_block(cfg: ModelConfig) -> int:
+    return 2 if cfg.kind == "gpt" else 1
+
+
 def num_layers(cfg: ModelConfig) -> int:
-    """Number of cuttable layers: embedding + n_layers blocks + head."""
+    """Number of cuttable layers: embedding + blocks (two layers each for gpt) + head."""
     _validate(cfg)
-    return cfg.n_layers + 2
+    return _per_block(cfg) * cfg.n_layers + 2
 
 
 def layer_names(cfg: ModelConfig) -> list[str]:
-    """Human-readable layer names, e.g. ["embed", "block0", ..., "head"]."""
+    """Human-readable layer names: ["embed", "block0.attn", "block0.mlp", ..., "head"] for gpt,
+    ["embed", "block0", ..., "head"] for mlp."""
     _validate(cfg)
-    return ["embed", *(f"block{i}" for i in range(cfg.n_layers)), "head"]
+    if cfg.kind == "gpt":
+        blocks = [f"block{i}.{half}" for i in range(cfg.n_layers) for half in ("attn", "mlp")]
+    else:
+        blocks = [f"block{i}" for i in range(cfg.n_layers)]
+    return ["embed", *blocks, "head"]
 
 
 def _layer_seed(seed: int, index: int) -> int:
@@ -194,8 +203,8 @@ def _make_layer(cfg: ModelConfig, index: int) -> nn.Module:
     if index == n - 1:
         return Head(cfg.d_model, cfg.vocab_size)
     proj_std = 0.02 / math.sqrt(2 * cfg.n_layers)  # scaled residual projections (GPT-2)
-    if cfg.kind == "gpt":
-        return Block(cfg.d_model, cfg.n_heads, proj_std)  # type: ignore[attr-defined]
+    if cfg.kind == "gpt" and index % 2 == 1:  # layers 1, 3, 5, ...: attention halves
+        return AttentionHalf(cfg.d_model, cfg.n_heads, proj_std)  # type: ignore[attr-defined]
     return MLPBlock(cfg.d_model, proj_std)
 
 

@@ -48,7 +48,8 @@ class RunReport:
     versions_used: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, mb, version)
     peak_versions: int = 0
     peak_activations: int = 0
-    busy_s: float = 0.0
+    busy_s: float = 0.0  # wall seconds computing (the spans' total)
+    cpu_s: list[float] = field(default_factory=list)  # per span: CPU seconds of that work
     update_s: float = 0.0  # time in optimizer steps (inside the backward spans)
 
 
@@ -129,19 +130,26 @@ class StageWorker:
         save_stage_file(p, payload)
         return {"stage": self.stage, "file": p.name, "bytes": p.stat().st_size}
 
-    def load(self, path: str) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        if list(state["layers"]) != list(self.layer_range):
-            raise ValueError(f"{path} holds layers {state['layers']}, stage has {self.layer_range}")
-        self.latest = int(state["latest_version"])
+    def load(self, paths: list[str]) -> None:
+        """Load this stage's layers from stage files of a checkpoint, whatever partition wrote
+        them: every key is a global layer index, so the files covering our layers are merged."""
+        merged = merge_stage_files(paths, self.layer_range)
+        self.latest = int(merged["latest_version"])
+        missing = [n for n in self.names if n not in merged["model"]]
+        if missing:
+            raise ValueError(f"checkpoint files {paths} lack parameters {missing[:3]} of layers "
+                             f"{self.layer_range}")
 
         def version(d: dict[str, torch.Tensor]) -> Version:
             return tuple(d[n].to(self.device).requires_grad_() for n in self.names)
 
-        self.versions = {self.latest: version(state["model"])}
-        for off, d in state["older_versions"].items():
+        self.versions = {self.latest: version(merged["model"])}
+        for off, d in merged["older_versions"].items():
+            if any(n not in d for n in self.names):
+                raise ValueError(f"checkpoint files {paths} hold weight version {off:+d} for only "
+                                 f"some of layers {self.layer_range}")
             self.versions[self.latest + int(off)] = version(d)
-        self.opt.load_state_dict(state["optimizer"], self.names, self.device)
+        self.opt.load_state_dict(merged["optimizer"], self.names, self.device)
 
     # -- data --------------------------------------------------------------------------------
     def _data(self, step: int, mb: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,13 +159,14 @@ class StageWorker:
                              self.spec.model.seq_len)
             self._batch = (step, x, y)
         _, x, y = self._batch
-        m = self.spec.microbatches
+        m = self.spec.num_microbatches
         return microbatch(x, mb, m).to(self.device), microbatch(y, mb, m).to(self.device)
 
     # -- one schedule run ----------------------------------------------------------------------
     def run(self, run: Run) -> RunReport:
         """Execute this stage's actions; returns timings, losses and the versions used."""
-        s, M = self.stage, self.spec.microbatches
+        s, M = self.stage, self.spec.num_microbatches
+        cpu_clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
         base = self.latest  # action.version v means global version base + v
         report = RunReport(stage=s)
         needs = []
@@ -179,11 +188,11 @@ class StageWorker:
             if a.kind is Kind.F:
                 # ---- forward: input from the data (first stage) or the previous stage
                 if self.first:  # (making the input from the data is work: busy)
-                    t0 = time.time()
+                    t0, c0 = time.time(), cpu_clock()
                     x, _ = self._data(step, mb % M)
                 else:  # (waiting for the previous stage is not)
                     x = box.recv(comm.ACT, mb).requires_grad_()
-                    t0 = time.time()
+                    t0, c0 = time.time(), cpu_clock()
                 vid = base + a.version
                 params = self.versions[vid]
                 out = functional_call(self.module, dict(zip(self.names, params, strict=True)), (x,))
@@ -200,7 +209,7 @@ class StageWorker:
                 x, out, vid = stash.pop(mb)
                 # (the last stage seeds with the loss scale: 1/M when M microbatches make a step)
                 grad_out = torch.full_like(out, run.grad_scale) if self.last else box.recv(comm.GRAD, mb)
-                t0 = time.time()
+                t0, c0 = time.time(), cpu_clock()
                 params = self.versions[vid]
                 inputs = list(params) if self.first else [x, *params]
                 grads = torch.autograd.grad(out, inputs, grad_out)
@@ -230,6 +239,7 @@ class StageWorker:
             report.peak_versions = max(report.peak_versions, len(self._live_versions()))
             t1 = time.time()
             report.busy_s += t1 - t0
+            report.cpu_s.append(cpu_clock() - c0)  # (what the work costs, whatever else runs)
             report.spans.append((a, t0, t1))
             if i == last_of_step[step]:
                 self._finish_step(step, step_losses)
@@ -270,6 +280,36 @@ def _pick_device() -> torch.device:
     if ray.get_gpu_ids() and torch.cuda.is_available():
         return torch.device("cuda", 0)
     return torch.device("cpu")
+
+
+def merge_stage_files(paths: list[str], layers: tuple[int, int]) -> dict[str, Any]:
+    """The union of the stage files that hold any of ``layers`` [start, end): model, older
+    versions and optimizer state, each a dict keyed by parameter name. The files must agree on
+    the version (a checkpoint is taken when every stage has applied the same updates)."""
+    start, end = layers
+    merged: dict[str, Any] = {"model": {}, "older_versions": {}, "optimizer": {}}
+    latest: int | None = None
+    for path in paths:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        a, b = state["layers"]
+        if b <= start or a >= end:
+            continue
+        if latest is not None and int(state["latest_version"]) != latest:
+            raise ValueError(f"{path} is at weight version {state['latest_version']}, "
+                             f"other stage files at {latest}")
+        latest = int(state["latest_version"])
+        merged["model"].update(state["model"])
+        for off, d in state["older_versions"].items():
+            merged["older_versions"].setdefault(int(off), {}).update(d)
+        for k, v in state["optimizer"].items():
+            if isinstance(v, dict):
+                merged["optimizer"].setdefault(k, {}).update(v)
+            else:
+                merged["optimizer"][k] = v
+    if latest is None:
+        raise ValueError(f"no checkpoint file holds layers {start}..{end - 1}")
+    merged["latest_version"] = latest
+    return merged
 
 
 def save_stage_file(path: Path, payload: dict[str, Any]) -> None:
