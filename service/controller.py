@@ -1,12 +1,20 @@
 """The job controller: one per job, an explicit state machine driven by ``step()``.
 
 CREATED -> STARTING -> RUNNING <-> CHECKPOINTING -> STOPPING -> SUCCEEDED
-                      (any non-terminal state) -> FAILED | CANCELLED
+                 ^          |
+                 +- REBALANCING       (any non-terminal state) -> FAILED | CANCELLED
 
 The controller plans the partition, places one stage actor per stage, runs the schedule in runs
 that end at checkpoint boundaries (async schedules drain there, so a checkpoint is a consistent
 state), collects metrics, checkpoints and shuts down. Activations and gradients never pass
 through it: it starts each run and observes progress.
+
+Calibration (planned jobs): the first ``calibrate_steps`` steps are one run; the stages'
+measured busy time per step is then compared with the plan's prediction, the layer costs are
+corrected by it and re-planned (``planner.decide_rebalance``). A partition that cuts the
+bottleneck by more than ``min_gain`` is moved to at once: REBALANCING checkpoints the drained
+pipeline, stops the stages and STARTING starts the new ones from that checkpoint. At most
+``max_rebalances`` moves.
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ from ray.util.scheduling_strategies import (
 
 from service import checkpoint as ckpt
 from service.metrics import JobSummary, RunFigures, StepMetrics, run_figures, step_metrics
-from service.partition import InfeasibleError, Partition, uniform
-from service.planner import JobPlan, cluster_slots, plan_job
+from service.partition import InfeasibleError, LayerCost, Partition, Slot, uniform
+from service.planner import JobPlan, Rebalance, cluster_slots, decide_rebalance, plan_job
 from service.profiler import ProfileCache, profile_on_cluster
 from service.runtime import pipewave_home
 from service.schedules import make_schedule
@@ -47,6 +55,7 @@ class JobState(StrEnum):
     CREATED = "CREATED"
     STARTING = "STARTING"
     RUNNING = "RUNNING"
+    REBALANCING = "REBALANCING"
     CHECKPOINTING = "CHECKPOINTING"
     STOPPING = "STOPPING"
     SUCCEEDED = "SUCCEEDED"
@@ -79,6 +88,9 @@ class ControllerOptions:
     resume: bool = True
     memory_fraction: float = 0.8  # share of a node's Ray memory its stages may plan for
     profile_dir: Path | None = None  # layer profiles cache (default: $PIPEWAVE_HOME/profiles)
+    calibrate_steps: int = 4  # planned jobs: measure this many steps, then re-plan (0: never)
+    min_gain: float = 0.03  # move to a calibrated partition only if it cuts the bottleneck more
+    max_rebalances: int = 2
 
 
 class JobController:
@@ -106,6 +118,11 @@ class JobController:
         self.checkpoints: list[str] = []
         self.last_run: list[RunReport] = []
         self._record: ckpt.CheckpointRecord | None = None  # the checkpoint to resume from
+        self._layers: tuple[LayerCost, ...] = ()  # the profile the plan was made from
+        self._slots: list[Slot] = []
+        self._calibrate_at: int | None = None  # the step after which to calibrate
+        self._partition_since = 0  # the step the current partition started at
+        self.rebalances: list[Rebalance] = []
         self._cancel: str | None = None
         self._t_created = time.time()
         self._t_running = 0.0
@@ -151,6 +168,12 @@ class JobController:
             self._plan(prior)
         else:
             self.partition = uniform(num_layers(self.spec.model), self.spec.num_stages)
+        n = num_layers(self.spec.model)
+        cuts = [0, *(b for _, b in self.partition)]
+        if [a for a, _ in self.partition] != cuts[:-1] or cuts[-1] != n or sorted(set(cuts)) != cuts \
+                or len(self.partition) != self.spec.num_stages:
+            raise JobError(f"internal: partition {list(self.partition)} does not cut the model's "
+                           f"{n} layers into {self.spec.num_stages} stages")
         self._transition(JobState.STARTING, f"{self.spec.num_stages} stages, "
                                             f"{self.spec.num_microbatches} microbatches, "
                                             f"partition {list(self.partition)}")
@@ -181,9 +204,14 @@ class JobController:
         except InfeasibleError as err:
             raise JobError(f"cannot place the job: {err}") from None
         self.spec = req.resolve(jp.stages, jp.microbatches)
+        self._adopt(jp)
+        self._layers, self._slots = profile.layers, slots
+        self._emit("plan", f"planned {jp.stages} stages: {jp.reason}", plan=jp.to_dict())
+
+    def _adopt(self, jp: JobPlan) -> None:
         self.job_plan, self.partition = jp, jp.plan.partition
         self.stage_nodes = [sp.node_id for sp in jp.plan.stages]
-        self._emit("plan", f"planned {jp.stages} stages: {jp.reason}", plan=jp.to_dict())
+        self._calibrate_at = None  # set when the stages start (after any resume)
 
     def _on_starting(self) -> None:
         S = self.spec.num_stages
@@ -223,7 +251,12 @@ class JobController:
         if self.step_done >= self.spec.steps:
             raise JobError(f"the checkpoint in {self.output} is at step {self.step_done}, "
                            f"the job asks for {self.spec.steps} steps: nothing to do")
-        self._t_running = time.time()
+        self._t_running = self._t_running or time.time()
+        self._partition_since = self.step_done
+        n = self.opts.calibrate_steps
+        if self.job_plan is not None and n > 0 and len(self.rebalances) < self.opts.max_rebalances \
+                and self.step_done + 2 * n <= self.spec.steps:  # worth it: steps remain after
+            self._calibrate_at = self.step_done + n
         self._transition(JobState.RUNNING, f"running steps {self.step_done + 1}..{self.spec.steps}")
 
     def _on_running(self) -> None:
@@ -231,9 +264,45 @@ class JobController:
         end = self.spec.steps
         if every:
             end = min(end, (self.step_done // every + 1) * every)
+        if self._calibrate_at is not None:
+            end = min(end, self._calibrate_at)
         self._run_steps(self.step_done, end - self.step_done)
+        if self.step_done == self._calibrate_at:
+            self._calibrate_at = None
+            if self._calibrate():
+                self._transition(JobState.REBALANCING, self.rebalances[-1].reason)
+                return
         if (every and self.step_done % every == 0) or self.step_done >= self.spec.steps:
             self._transition(JobState.CHECKPOINTING, f"step {self.step_done}")
+
+    def _calibrate(self) -> bool:
+        """Decide whether the measured stage times call for another partition (and adopt it)."""
+        assert self.job_plan is not None
+        steps = self.metrics[self._partition_since + 1 - self.first_step:]  # first step: warmup
+        measured = _mean_per_stage([m.stage_cpu_s for m in steps], self.spec.num_stages)
+        decision = decide_rebalance(self.spec, self._layers, self._slots, self.job_plan, measured,
+                                    min_gain=self.opts.min_gain)
+        logger.info("job %s calibration: %s", self.spec.name, decision.reason)
+        self._emit("calibration", decision.reason, factors=list(decision.factors),
+                   moves=decision.plan is not None)
+        if decision.plan is None:
+            return False
+        self.rebalances.append(decision)
+        return True
+
+    def _on_rebalancing(self) -> None:
+        """Checkpoint the drained pipeline, stop the stages, start the new partition from it."""
+        if not self.checkpoints or not self.checkpoints[-1].endswith(f"step-{self.step_done:06d}"):
+            self._save_checkpoint()
+        self._record = ckpt.latest(self.output)
+        self._teardown()
+        decision = self.rebalances[-1]
+        assert decision.plan is not None
+        self._layers = decision.layers  # later calibrations correct these
+        self._adopt(decision.plan)
+        self._emit("plan", f"re-planned {decision.plan.stages} stages: {decision.plan.reason}",
+                   plan=decision.plan.to_dict())
+        self._transition(JobState.STARTING, f"partition {list(self.partition)}")
 
     def _on_checkpointing(self) -> None:
         self._save_checkpoint()
@@ -314,7 +383,9 @@ class JobController:
         files = [(tuple(e["layers"]), str(record.path / e["file"])) for e in manifest["stages"]]
         ray.get([a.load.remote([f for (a0, b0), f in files if a0 < end and b0 > start])
                  for a, (start, end) in zip(self.actors, self.partition, strict=True)])
-        self.step_done = self.first_step = record.step
+        self.step_done = record.step
+        if not self.metrics:  # (not when this job re-partitions itself)
+            self.first_step = record.step
         before = [list(layers) for layers, _ in files]
         moved = f" (re-partitioned from {before})" if before != [list(b) for b in self.partition] else ""
         self._emit("info", f"resumed from checkpoint at step {record.step}{moved}",
@@ -359,6 +430,9 @@ class JobController:
         done = self.metrics
         samples = self.spec.batch_size * len(done)
         figs = self.figures
+        # the current partition's steps, its first one (warmup) left out where there are more
+        mine = done[self._partition_since - self.first_step:]
+        current = mine[1:] or mine
         S = self.spec.stages if isinstance(self.spec.stages, int) else 0  # 0: never planned
         bubble = [sum(f.bubble[s] * f.wall_s for f in figs) / sum(f.wall_s for f in figs)
                   for s in range(S)] if figs else []
@@ -373,8 +447,10 @@ class JobController:
             peak_versions=[max(f.peak_versions[s] for f in figs) for s in range(S)] if figs else [],
             checkpoints=self.checkpoints, output=str(self.output), reason=self.reason,
             predicted_stage_busy_s=list(self.job_plan.predicted_stage_busy_s) if self.job_plan else [],
-            measured_stage_busy_s=_mean_per_stage([m.stage_busy_s for m in done[1:] or done], S),
-            measured_stage_cpu_s=_mean_per_stage([m.stage_cpu_s for m in done[1:] or done], S),
+            measured_stage_busy_s=_mean_per_stage([m.stage_busy_s for m in current], S),
+            measured_stage_cpu_s=_mean_per_stage([m.stage_cpu_s for m in current], S),
+            partition=[list(b) for b in self.partition],
+            rebalances=len(self.rebalances),
         )
 
 

@@ -60,6 +60,8 @@ class JobSummary:
     predicted_stage_busy_s: list[float] = field(default_factory=list)  # per step, planner's figure
     measured_stage_busy_s: list[float] = field(default_factory=list)  # per step, mean after step 1
     measured_stage_cpu_s: list[float] = field(default_factory=list)  # the same in CPU seconds
+    partition: list[list[int]] = field(default_factory=list)  # [start, end) layers per stage
+    rebalances: int = 0  # partitions moved to after calibration
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

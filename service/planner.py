@@ -238,6 +238,61 @@ def plan_job(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], 
     return replace(best, reason=f"{why}; {best.plan.reason}")
 
 
+@dataclass(frozen=True)
+class Rebalance:
+    """A calibration decision: move to ``plan`` (None: keep the partition), and why."""
+
+    plan: JobPlan | None
+    factors: tuple[float, ...]  # measured / predicted busy, per stage of the current partition
+    current_s: float  # the current partition's bottleneck per microbatch, calibrated costs
+    reason: str
+    layers: tuple[LayerCost, ...] = ()  # the calibrated layer costs ``plan`` was made from
+
+
+def calibrated(layers: Sequence[LayerCost], partition: Sequence[tuple[int, int]],
+               factors: Sequence[float]) -> list[LayerCost]:
+    """Layer costs corrected by what the stages measured: every layer of stage ``s`` has its
+    forward and backward times scaled by ``factors[s]`` (measured / predicted busy time)."""
+    if len(partition) != len(factors) or any(f <= 0 for f in factors):
+        raise ValueError("one positive factor per stage is needed")
+    out = list(layers)
+    for (a, b), f in zip(partition, factors, strict=True):
+        for i in range(a, b):
+            out[i] = replace(out[i], forward_s=out[i].forward_s * f, backward_s=out[i].backward_s * f)
+    return out
+
+
+def decide_rebalance(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot],
+                     current: JobPlan, measured_busy_s: Sequence[float], *,
+                     min_gain: float = 0.03, link: Link = Link()) -> Rebalance:
+    """Compare the stages' measured busy time per step with the plan's prediction; re-plan the
+    same stage and microbatch counts on the corrected costs; move only when the calibrated
+    bottleneck drops by more than ``min_gain`` (a move restarts the stages)."""
+    predicted = current.predicted_stage_busy_s
+    if len(measured_busy_s) != len(predicted) or min(measured_busy_s, default=0) <= 0:
+        return Rebalance(None, (), 0.0, "no measurement for every stage")
+    factors = tuple(m / p for m, p in zip(measured_busy_s, predicted, strict=True))
+    fixed = calibrated(layers, current.plan.partition, factors)
+    scale = (spec.batch_size // current.microbatches) / spec.microbatch_size
+    speed = {s.node_id: s.speed for s in slots}
+    now = max(sum(c.forward_s + c.backward_s for c in fixed[a:b]) * scale / speed.get(sp.node_id, 1.0)
+              for sp, (a, b) in zip(current.plan.stages, current.plan.partition, strict=True))
+    try:
+        new = plan_job(spec, fixed, slots, stages=current.stages,
+                       microbatches=current.microbatches, link=link)
+    except InfeasibleError as err:
+        return Rebalance(None, factors, now, f"no other partition fits: {err}")
+    new_s = max(sp.compute_s for sp in new.plan.stages)
+    spread = ", ".join(f"{f:.2f}" for f in factors)
+    if new.plan.partition == current.plan.partition or new_s > now * (1 - min_gain):
+        return Rebalance(None, factors, now, f"measured/predicted busy per stage {spread}: keeping "
+                                             f"the partition (best alternative {new_s / now:.3f}x)")
+    return Rebalance(new, factors, now,
+                     f"measured/predicted busy per stage {spread}: partition "
+                     f"{[list(b) for b in new.plan.partition]} cuts the bottleneck to "
+                     f"{new_s / now:.3f}x", tuple(fixed))
+
+
 def _range_name(names: Sequence[str], a: int, b: int) -> str:
     if b - a == 1:
         return names[a]

@@ -20,17 +20,18 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from service.partition import LayerCost
-from workers.models import ModelConfig, build_layers, loss_fn, num_layers
+from workers.models import ModelConfig, build_layers, layer_names, loss_fn, num_layers
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # 2: layer names in the key; 3: CPU time, heap kept as in a stage
 
 
 def _sync(device: torch.device) -> None:
@@ -39,11 +40,14 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Seconds ``fn`` takes: on CPU the thread's CPU time (one thread, as a stage computes; what
+    else runs on the node does not count), on a GPU wall time between synchronisations."""
+    clock = time.perf_counter if device.type == "cuda" else time.thread_time
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     result = fn()
     _sync(device)
-    return time.perf_counter() - t0, result
+    return clock() - t0, result
 
 
 def _saved_bytes(fn: Callable[[], Any], exclude: set[int]) -> tuple[Any, int]:
@@ -149,7 +153,8 @@ class Profile:
 def profile_key(model_cfg: Any, microbatch_size: int, device_kind: str) -> str:
     """Stable hash of the model config (pydantic or mapping), microbatch shape and device kind."""
     cfg = model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump") else dict(model_cfg)
-    blob = json.dumps({"model": cfg, "shape": [microbatch_size, cfg.get("seq_len")],
+    names = layer_names(SimpleNamespace(**cfg))  # a change in how models cut is a new key
+    blob = json.dumps({"model": cfg, "layers": names, "shape": [microbatch_size, cfg.get("seq_len")],
                        "device": device_kind, "v": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -202,6 +207,9 @@ class _ProfilerActor:
     def __init__(self) -> None:
         import ray
 
+        from workers.stage import keep_freed_memory
+
+        keep_freed_memory()  # the heap as a stage worker keeps it (large tensors reuse memory)
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
     def device_kind(self) -> str:
@@ -224,7 +232,7 @@ def profile_on_cluster(spec: Any, cache: ProfileCache, num_gpus: float = 0) -> P
             kind = ray.get(actor.device_kind.remote())
         key = profile_key(model, mbs, kind)
         cached = cache.get(key)
-        if cached is not None:
+        if cached is not None and len(cached.layers) == num_layers(model):
             return cached
         if actor is None:
             actor = _start_actor(num_gpus)

@@ -24,7 +24,7 @@ from service.schedules import Action, Kind
 from service.spec import JobSpec
 from workers import comm
 from workers.data import get_batch, load_corpus, microbatch
-from workers.models import build_layers, loss_fn
+from workers.models import build_layers, loss_fn, num_layers
 from workers.optim import OutOfPlaceOptimizer, Version
 
 logger = logging.getLogger(__name__)
@@ -63,10 +63,14 @@ class StageWorker:
     def __init__(self, spec_json: str, stage: int, num_stages: int, start: int, end: int,
                  threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))
-        _keep_freed_memory()
+        keep_freed_memory()
         self.spec = JobSpec.model_validate_json(spec_json)
         self.stage, self.num_stages = stage, num_stages
         self.first, self.last = stage == 0, stage == num_stages - 1
+        n = num_layers(self.spec.model)
+        if not (0 <= start < end <= n) or (self.first and start != 0) or (self.last and end != n):
+            raise ValueError(f"stage {stage} of {num_stages} cannot hold layers [{start}, {end}) "
+                             f"of a {n}-layer model")
         self.layer_range = (start, end)
         self.device = _pick_device()
         layers = build_layers(self.spec.model, self.spec.seed, range(start, end))
@@ -257,7 +261,7 @@ class StageWorker:
         self.progress = Progress(step=step + 1, loss=loss)
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Keep freed heap memory in the process instead of returning it to the OS (glibc only).
 
     Every microbatch allocates and frees the same large tensors (activations, gradients, a new
