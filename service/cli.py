@@ -190,6 +190,10 @@ def plan(
                           max_stages=spec.max_stages)
     except InfeasibleError as err:
         fail(f"cannot place the job: {str(err).splitlines()[0]}")
+    except Exception as err:  # the profiling actor failed (out of memory, a node lost, ...)
+        from service.controller import error_line
+
+        fail(f"cannot plan the job: {error_line(err)}")
     finally:
         disconnect()
     if as_json:

@@ -90,7 +90,7 @@ class ControllerOptions:
     profile_dir: Path | None = None  # layer profiles cache (default: $PIPEWAVE_HOME/profiles)
     calibrate_steps: int = 4  # planned jobs: measure this many steps, then re-plan (0: never)
     min_gain: float = 0.03  # move to a calibrated partition only if it cuts the bottleneck more
-    max_rebalances: int = 2
+    max_rebalances: int = 3
 
 
 class JobController:
@@ -149,7 +149,7 @@ class JobController:
         except Exception as err:  # a failed job reports why, and its actors are stopped
             logger.exception("job %s failed in %s", self.spec.name, self.state.value)
             self._teardown()
-            self._transition(JobState.FAILED, _one_line(err))
+            self._transition(JobState.FAILED, error_line(err))
         return self.state
 
     def run(self) -> JobSummary:
@@ -469,7 +469,7 @@ def _wait(ref: Any, timeout: float) -> bool:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def _one_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     text = _ANSI.sub("", str(err)).strip()
     if isinstance(err, ray.exceptions.RayTaskError):
         text = str(err.cause) if err.cause is not None else text.splitlines()[-1]

@@ -44,13 +44,19 @@ def uniform(num_layers: int, num_stages: int) -> Partition:
 
 @dataclass(frozen=True)
 class LayerCost:
-    """One layer, measured at the job's microbatch shape on a reference node."""
+    """One layer, measured at the job's microbatch shape on a reference node.
+
+    ``forward_fixed_s`` / ``backward_fixed_s``: the part of the times that does not shrink with
+    a smaller microbatch (kernel launches, Python and autograd overhead); the rest scales with
+    the microbatch size (see ``planner``)."""
 
     forward_s: float
     backward_s: float
     param_bytes: int
     activation_bytes: int  # kept for the backward, per in-flight microbatch
     output_bytes: int  # its output: what goes to the next stage if cut after it
+    forward_fixed_s: float = 0.0
+    backward_fixed_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ then fewer microbatches).
 Cost model, per stage and microbatch (slot speed divides every compute time):
 
 - forward / backward: the sum of the stage's measured layer times. Layers are measured at the
-  spec's microbatch size; another M scales times, activation and output bytes linearly with the
-  microbatch size (parameter bytes do not change).
+  spec's microbatch size and a smaller one; another M keeps each time's fixed part (what does
+  not shrink with the microbatch: launches, Python and autograd overhead) and scales the rest,
+  and the activation and output bytes, linearly with the microbatch size.
 - update (one optimizer step of the stage): ``UPDATE_S_PER_PARAM_BYTE[optimizer] x param bytes``,
   measured for ``workers.optim.OutOfPlaceOptimizer`` (clone + fused kernel) on one CPU thread:
   Adam about 3.0 ms for 0.8 M params (3.2 MB) and 11.3 ms for 3.2 M params (0.22-0.24 ns per
@@ -120,9 +121,17 @@ def microbatch_candidates(batch_size: int, stages: int) -> list[int]:
 
 
 def _scaled(layers: Sequence[LayerCost], factor: float) -> list[LayerCost]:
+    """The costs at ``factor`` x the profiled microbatch size: the fixed part of each time stays,
+    the rest and the activation bytes scale."""
     if factor == 1.0:
         return list(layers)
-    return [replace(c, forward_s=c.forward_s * factor, backward_s=c.backward_s * factor,
+
+    def t(total: float, fixed: float) -> float:
+        fixed = min(max(fixed, 0.0), total)
+        return fixed + (total - fixed) * factor
+
+    return [replace(c, forward_s=t(c.forward_s, c.forward_fixed_s),
+                    backward_s=t(c.backward_s, c.backward_fixed_s),
                     activation_bytes=round(c.activation_bytes * factor),
                     output_bytes=round(c.output_bytes * factor)) for c in layers]
 

@@ -17,7 +17,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +31,7 @@ from workers.models import ModelConfig, build_layers, layer_names, loss_fn, num_
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: layer names in the key; 3: CPU time, heap kept as in a stage
+FORMAT_VERSION = 4  # 2: layer names in the key; 3: CPU time, stage heap; 4: fixed parts
 
 
 def _sync(device: torch.device) -> None:
@@ -97,30 +97,51 @@ def _profile_one(layer: torch.nn.Module, inp: Tensor, targets: Tensor | None, re
     return cost, out.detach()
 
 
+def _profile_chain(layers: list[torch.nn.Module], cfg: ModelConfig, size: int, seed: int,
+                   repeats: int, warmup: int, dev: torch.device) -> list[LayerCost]:
+    """Every layer at a (size, seq_len) batch, each fed the previous layer's output."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (size, cfg.seq_len)
+    x = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(dev)  # tokens
+    targets = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(dev)
+    costs = []
+    with torch.enable_grad():
+        for i, layer in enumerate(layers):
+            inp = x.detach().requires_grad_(x.is_floating_point())
+            cost, x = _profile_one(layer, inp, targets if i == len(layers) - 1 else None, repeats,
+                                   warmup, dev)
+            costs.append(cost)
+    return costs
+
+
+def _fixed_part(t_big: float, t_small: float, big: int, small: int) -> float:
+    """The microbatch-independent part of a time measured at two sizes (t = a + b x size)."""
+    per_sample = max(0.0, (t_big - t_small) / (big - small))
+    return min(t_big, max(0.0, t_big - per_sample * big))
+
+
 def profile_layers(model_cfg: ModelConfig, microbatch_size: int, seed: int = 0, repeats: int = 5,
                    warmup: int = 2, device: str = "cpu") -> list[LayerCost]:
-    """Measure every layer of ``model_cfg`` at a (microbatch_size, seq_len) batch on one thread."""
+    """Measure every layer of ``model_cfg`` at a (microbatch_size, seq_len) batch on one thread,
+    and at a quarter of that size (or 2 samples more, from 1) to split each time into its fixed
+    and its per-sample part."""
     if microbatch_size < 1 or repeats < 1 or warmup < 0:
         raise ValueError("microbatch_size and repeats must be >= 1, warmup >= 0")
     dev = torch.device(device)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        gen = torch.Generator().manual_seed(seed)
-        shape = (microbatch_size, model_cfg.seq_len)
-        x = torch.randint(0, model_cfg.vocab_size, shape, generator=gen).to(dev)  # tokens
-        targets = torch.randint(0, model_cfg.vocab_size, shape, generator=gen).to(dev)
-        layers = build_layers(model_cfg, seed)
-        n, costs = len(layers), []
-        with torch.enable_grad():
-            for i, layer in enumerate(layers):
-                layer.to(dev).train()
-                inp = x.detach().requires_grad_(x.is_floating_point())
-                cost, x = _profile_one(layer, inp, targets if i == n - 1 else None, repeats,
-                                       warmup, dev)
-                costs.append(cost)
+        layers = [layer.to(dev).train() for layer in build_layers(model_cfg, seed)]
+        costs = _profile_chain(layers, model_cfg, microbatch_size, seed, repeats, warmup, dev)
+        other = max(1, microbatch_size // 4) if microbatch_size > 1 else 3
+        second = _profile_chain(layers, model_cfg, other, seed, repeats, warmup, dev)
     finally:
         torch.set_num_threads(threads)
+    (big, cb), (small, cs) = sorted([(microbatch_size, costs), (other, second)],
+                                    key=lambda pair: pair[0], reverse=True)
+    costs = [replace(c, forward_fixed_s=_fixed_part(b.forward_s, s.forward_s, big, small),
+                     backward_fixed_s=_fixed_part(b.backward_s, s.backward_s, big, small))
+             for c, b, s in zip(costs, cb, cs, strict=True)]
     logger.debug("profiled %d layers: %s", len(costs), costs)
     return costs
 
@@ -144,7 +165,8 @@ class Profile:
             raise ValueError(f"unknown profile format {data.get('version')!r}")
         layers = tuple(
             LayerCost(float(c["forward_s"]), float(c["backward_s"]), int(c["param_bytes"]),
-                      int(c["activation_bytes"]), int(c["output_bytes"]))
+                      int(c["activation_bytes"]), int(c["output_bytes"]),
+                      float(c["forward_fixed_s"]), float(c["backward_fixed_s"]))
             for c in data["layers"]
         )
         return cls(str(data["key"]), str(data["device_kind"]), layers, float(data["measured_at"]))

@@ -112,6 +112,9 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         layers = num_layers(self.model)
+        if self.model.vocab_size < 256:
+            raise ValueError(f"model.vocab_size ({self.model.vocab_size}) must be at least 256: "
+                             f"the data are bytes")
         if self.stages != "auto" and self.stages > layers:
             raise ValueError(
                 f"stages ({self.stages}) exceeds the model's {layers} layers "
@@ -160,7 +163,10 @@ class JobSpec(_Strict):
         """This spec with the planner's choices filled in (validated again)."""
         data = self.model_dump(mode="json")
         data.update(stages=stages, microbatches=microbatches, max_stages=None)
-        return JobSpec.model_validate(data)
+        try:
+            return JobSpec.model_validate(data)
+        except ValidationError as err:
+            raise SpecError(f"invalid job spec: {_one_line(err)}") from None
 
 
 def _one_line(err: ValidationError) -> str:

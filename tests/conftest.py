@@ -8,9 +8,12 @@ default for new local clusters, so we ask for it explicitly, and we keep Ray's n
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["RAY_AUTH_MODE"] = "token"
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# pipewave's state (layer profiles) for this test session only, never the user's ~/.pipewave
+os.environ["PIPEWAVE_HOME"] = tempfile.mkdtemp(prefix="pipewave-tests-")
 
 import functools
 from collections.abc import Callable, Iterator

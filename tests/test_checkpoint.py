@@ -151,3 +151,23 @@ def test_resume_with_a_different_model_fails_clearly(shared_runs, run_job, tmp_p
     # the directory's checkpoints are untouched
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000005",
                                                                         "step-000010"]
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "2bw"])
+def test_resume_into_another_partition(schedule, shared_runs, run_job, tmp_path: Path):
+    """A checkpoint of 2 stages resumes into 3: each stage gathers its layers (weights, 2BW's
+    previous version, optimizer state) from whichever files hold them. Both schedules' updates
+    do not depend on where the cuts are (2BW: every stage uses version t-1), so the result is
+    the straight 2-stage run's."""
+    r = shared_runs(schedule)
+    out = tmp_path / "out"
+    shutil.copytree(r.first.checkpoints[-1], out / "checkpoints" / "step-000005")
+    spec = r.straight_spec.model_copy(update={"stages": 3})
+    ctl, summary = run_job(spec, out, resume=True)
+    assert summary.state == "SUCCEEDED", summary.reason
+    assert ctl.partition == ((0, 2), (2, 4), (4, 6)) and summary.first_step == 5
+    assert any("re-partitioned from [[0, 3], [3, 6]]" in e.message for e in ctl.events)
+    a, b = load_model_state(ctl.checkpoints[-1]), load_model_state(r.straight.checkpoints[-1])
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)

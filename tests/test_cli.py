@@ -123,4 +123,4 @@ def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 130, err[-2000:]
     summary = json.loads(out)
     assert summary["state"] == "CANCELLED" and "interrupted" in summary["reason"]
-    assert summary["steps"] >= 50
+    assert summary["steps"] >= 4  # a planned job's first run: its 4 calibration steps

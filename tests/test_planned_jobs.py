@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from service.checkpoint import load_model_state
 from service.controller import ControllerOptions, JobController
 from service.partition import uniform
+from service.profiler import Profile, ProfileCache, profile_key, profile_on_cluster
 
 pytestmark = pytest.mark.ray
 
@@ -53,3 +55,105 @@ def test_unfittable_job_is_refused_before_it_starts(ray_cluster, make_spec, tmp_
     assert summary.state == "FAILED"
     assert summary.reason.startswith("cannot place the job: ") and "\n" not in summary.reason
     assert ctl.metrics == [] and not any(e.message.startswith("STARTING") for e in ctl.events)
+
+
+def test_a_wrong_profile_is_corrected_by_measurement(ray_cluster, make_spec, tmp_path: Path) -> None:
+    """The cached profile says the heavy head costs one block: the plan is off. After the
+    calibration steps the stages' measured busy time shows it; the controller re-plans, moves
+    to the new partition through a drained checkpoint and trains on, losing no update: the
+    weights are those of the same job on a fixed split (a synchronous schedule)."""
+    spec = make_spec(model=HEAVY_HEAD, stages=3, partition="auto", steps=8)
+    cache = ProfileCache(tmp_path / "profiles")
+    true = profile_on_cluster(spec, cache)
+    block = true.layers[1]
+    wrong = (*true.layers[:-1], replace(true.layers[-1], forward_s=block.forward_s,
+                                         backward_s=block.backward_s))
+    key = profile_key(spec.model, spec.microbatch_size, "cpu")
+    cache.put(Profile(key, "cpu", wrong, true.measured_at))
+    ctl, summary = run(spec, tmp_path / "auto", tmp_path / "profiles", calibrate_steps=2)
+    assert summary.state == "SUCCEEDED", summary.reason
+    assert ctl.job_plan is not None and summary.rebalances >= 1
+    first_plan = next(e for e in ctl.events if e.kind == "plan").data["plan"]["partition"]
+    assert first_plan[-1] != [9, 10]  # the wrong profile did not isolate the head
+    assert ctl.partition[-1] == (9, 10) and summary.partition[-1] == [9, 10]
+    states = [e.data["state"] for e in ctl.events if e.kind == "state"]
+    assert states[:5] == ["STARTING", "RUNNING", "REBALANCING", "STARTING", "RUNNING"]
+    calibrations = [e for e in ctl.events if e.kind == "calibration"]
+    assert calibrations[0].data["moves"] and calibrations[0].data["factors"][-1] > 2
+    assert [m.step for m in ctl.metrics] == list(range(1, 9))  # every step once, in order
+    uctl, usummary = run(make_spec(model=HEAVY_HEAD, stages=3, steps=8), tmp_path / "uniform",
+                         tmp_path / "profiles")
+    assert usummary.state == "SUCCEEDED"
+    a, b = load_model_state(ctl.checkpoints[-1]), load_model_state(uctl.checkpoints[-1])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+# compute-heavy for its size: each of the 10 layers costs far more than a send between stages
+DEEP = {"kind": "gpt", "vocab_size": 256, "d_model": 64, "n_layers": 4, "n_heads": 2, "seq_len": 64}
+TINY = {"kind": "mlp", "vocab_size": 256, "d_model": 4, "n_layers": 2, "seq_len": 4}
+
+
+@pytest.mark.parametrize(("cpus_per_stage", "slots"), [(4.0, 1), (2.0, 2), (1.0, 4)])
+def test_stages_auto_uses_the_slots(ray_cluster, make_spec, tmp_path: Path, cpus_per_stage: float,
+                                    slots: int) -> None:
+    """The 4-CPU test cluster offers 1, 2 or 4 slots as stages ask for 4, 2 or 1 CPUs each: a
+    job whose layers dwarf the send cost takes them all."""
+    spec = make_spec(model=DEEP, stages="auto", microbatches="auto", partition="auto",
+                     batch_size=16, steps=2)
+    ctl, summary = run(spec, tmp_path / "out", tmp_path / "profiles", cpus_per_stage=cpus_per_stage)
+    assert summary.state == "SUCCEEDED", summary.reason
+    assert summary.stages == slots == ctl.spec.num_stages and len(ctl.partition) == slots
+    assert ctl.request.stages == "auto" and 16 % ctl.spec.num_microbatches == 0
+    plan = next(e for e in ctl.events if e.kind == "plan")
+    assert f"{slots} stage" in plan.message and "best of" in plan.message
+    assert ctl.spec.num_microbatches >= slots or slots == 1  # enough microbatches to fill them
+
+
+def test_stages_auto_keeps_a_tiny_model_whole(ray_cluster, make_spec, tmp_path: Path) -> None:
+    """Layers of microseconds are not worth a send between processes: one stage."""
+    spec = make_spec(model=TINY, stages="auto", microbatches="auto", partition="auto",
+                     batch_size=4, steps=2)
+    ctl, summary = run(spec, tmp_path / "out", tmp_path / "profiles")
+    assert summary.state == "SUCCEEDED", summary.reason
+    assert summary.stages == 1 and ctl.partition == ((0, 4),)
+
+
+def test_stages_auto_refuses_an_unfittable_model(ray_cluster, make_spec, tmp_path: Path) -> None:
+    spec = make_spec(model=HEAVY_HEAD, stages="auto", microbatches="auto", partition="auto")
+    ctl, summary = run(spec, tmp_path / "out", tmp_path / "profiles", memory_fraction=1e-12)
+    assert summary.state == "FAILED" and summary.stages == 0
+    assert summary.reason.startswith("cannot place the job: ") and "\n" not in summary.reason
+    assert ctl.actors == [] and not any(e.message.startswith("STARTING") for e in ctl.events)
+
+
+# The default GPT (d_model 256, 8 blocks, seq 128, batch 32) with a 6144-token head: the head
+# costs ~2 blocks, so the uniform split (18 layers: 5, 5, 4, 4) leaves the last stage heavy
+BIG_VOCAB = {"kind": "gpt", "vocab_size": 6144, "d_model": 256, "n_layers": 8, "n_heads": 4,
+             "seq_len": 128}
+
+
+def _ratio(values: list[float]) -> float:
+    return max(values) / (sum(values) / len(values))
+
+
+@pytest.mark.slow
+def test_planner_balances_the_default_gpt_with_a_large_head(ray_cluster, make_spec,
+                                                            tmp_path: Path) -> None:
+    """4 stages: the stages' measured busy time (CPU seconds per step, which 4 stages sharing
+    this machine's 2 cores do not distort) is within 10% of the mean with the planner."""
+    common = {"model": BIG_VOCAB, "data": {"kind": "stdlib"}, "stages": 4, "microbatches": 8,
+              "batch_size": 32, "optimizer": {"kind": "adam", "lr": 3e-4}}
+    _, auto = run(make_spec(partition="auto", steps=12, **common), tmp_path / "auto",
+                    tmp_path / "profiles")
+    assert auto.state == "SUCCEEDED", auto.reason
+    _, uni = run(make_spec(partition="uniform", steps=6, **common), tmp_path / "uniform",
+                 tmp_path / "profiles")
+    assert uni.state == "SUCCEEDED", uni.reason
+    print(f"\nauto {auto.partition}: CPU busy/step {[round(x, 3) for x in auto.measured_stage_cpu_s]} "
+          f"max/mean {_ratio(auto.measured_stage_cpu_s):.3f}, wall {_ratio(auto.measured_stage_busy_s):.3f}; "
+          f"uniform {uni.partition}: CPU {[round(x, 3) for x in uni.measured_stage_cpu_s]} "
+          f"max/mean {_ratio(uni.measured_stage_cpu_s):.3f}, wall {_ratio(uni.measured_stage_busy_s):.3f}")
+    assert _ratio(auto.measured_stage_cpu_s) <= 1.10
+    assert _ratio(uni.measured_stage_cpu_s) > 1.2  # the workload is one that needs planning
+    assert auto.partition != uni.partition

@@ -14,7 +14,9 @@ import yaml
 from service.partition import InfeasibleError, LayerCost, Link, Slot, uniform
 from service.planner import (
     JobPlan,
+    calibrated,
     cluster_slots,
+    decide_rebalance,
     microbatch_candidates,
     plan_job,
     render_plan,
@@ -55,6 +57,58 @@ def test_balanced_where_uniform_is_not(make_spec):
     work = sum(c.forward_s + c.backward_s for c in layers) * 8
     assert max(times) * 8 <= jp.predicted_step_s <= work * 1.05
     assert 0 < jp.predicted_bubble < 0.5
+
+
+def test_calibrated_scales_each_stage_layers():
+    layers = gpt_layers()
+    fixed = calibrated(layers, [(0, 5), (5, 10)], [1.0, 2.0])
+    assert fixed[:5] == layers[:5]
+    assert [c.forward_s for c in fixed[5:]] == [2 * c.forward_s for c in layers[5:]]
+    assert [c.backward_s for c in fixed[5:]] == [2 * c.backward_s for c in layers[5:]]
+    assert [c.param_bytes for c in fixed] == [c.param_bytes for c in layers]  # only times
+    with pytest.raises(ValueError):
+        calibrated(layers, [(0, 5), (5, 10)], [1.0])
+
+
+def test_rebalance_follows_the_measurement(make_spec):
+    """The profile underrates the head (1 block instead of 3): the plan is off, the stages'
+    measured busy time shows it, and the re-plan on corrected costs moves the cuts."""
+    spec = make_spec(model=GPT, schedule="1f1b", stages=4, microbatches=8, batch_size=32)
+    true, wrong = gpt_layers(head=3.0), gpt_layers(head=1.0)
+    link = Link(1e12, 0.0)
+    jp = plan_job(spec, wrong, slots(4), stages=4, microbatches=8, link=link)
+    # what the stages measure: the predicted busy time with the true costs
+    truth = [t / w for t, w in zip(stage_times(true, jp.plan.partition),
+                                    stage_times(wrong, jp.plan.partition), strict=True)]
+    measured = [b * f for b, f in zip(jp.predicted_stage_busy_s, truth, strict=True)]
+    d = decide_rebalance(spec, wrong, slots(4), jp, measured, link=link)
+    assert d.plan is not None and d.plan.plan.partition != jp.plan.partition, d.reason
+    assert d.factors[-1] > 1.5 and all(f == pytest.approx(1.0) for f in d.factors[:-1])
+    assert (d.plan.stages, d.plan.microbatches) == (4, 8) and "cuts the bottleneck" in d.reason
+    assert max(stage_times(true, d.plan.plan.partition)) < max(stage_times(true, jp.plan.partition))
+    # each round corrects the costs it was planned from; within max_rebalances (3) rounds the
+    # partition is the one planned from the true costs
+    good = plan_job(spec, true, slots(4), stages=4, microbatches=8, link=link)
+    rounds, current, costs = 1, d.plan, list(d.layers)
+    while True:
+        truth = [t / c for t, c in zip(stage_times(true, current.plan.partition),
+                                        stage_times(costs, current.plan.partition), strict=True)]
+        step = decide_rebalance(spec, costs, slots(4), current,
+                                [b * f for b, f in zip(current.predicted_stage_busy_s, truth, strict=True)],
+                                link=link)
+        if step.plan is None:
+            break
+        rounds, current, costs = rounds + 1, step.plan, list(step.layers)
+        assert rounds <= 3
+    assert max(stage_times(true, current.plan.partition)) == pytest.approx(
+        max(stage_times(true, good.plan.partition)))
+    # a measurement that agrees with the plan (or is off everywhere alike) moves nothing
+    for scale in (1.0, 1.3):
+        keep = decide_rebalance(spec, true, slots(4), good, [b * scale for b in good.predicted_stage_busy_s],
+                                link=link)
+        assert keep.plan is None and "keeping" in keep.reason
+    none = decide_rebalance(spec, true, slots(4), good, [0.0] * 4, link=link)
+    assert none.plan is None
 
 
 @pytest.mark.parametrize("schedule", ["1f1b", "pipedream", "2bw", "gpipe"])
@@ -172,7 +226,7 @@ def pipewave(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
 
 
 def job_file(tmp_path: Path) -> Path:
-    spec = {"name": "p", "model": {"kind": "gpt", "vocab_size": 64, "d_model": 16, "n_layers": 2,
+    spec = {"name": "p", "model": {"kind": "gpt", "vocab_size": 256, "d_model": 16, "n_layers": 2,
                                    "n_heads": 2, "seq_len": 8},
             "data": {"kind": "synthetic"}, "schedule": "1f1b", "stages": 2, "microbatches": 2,
             "batch_size": 4}

@@ -38,6 +38,7 @@ def test_example_parses_as_written() -> None:
         ({"model": {"kind": "resnet"}}, "model"),
         ({"data": {"kind": "text", "path": "/nonexistent/corpus.txt"}}, "no such file"),
         ({"name": "../etc"}, "name: String should match pattern"),
+        ({"model": {"kind": "mlp", "vocab_size": 16}}, "vocab_size (16) must be at least 256"),
     ],
 )
 def test_bad_specs_fail_with_one_line(patch: dict, needle: str) -> None:
@@ -47,6 +48,30 @@ def test_bad_specs_fail_with_one_line(patch: dict, needle: str) -> None:
     msg = str(info.value)
     assert needle in msg, msg
     assert "\n" not in msg and "Traceback" not in msg
+
+
+def test_auto_counts_and_their_rules() -> None:
+    data = {k: v for k, v in base().items() if k not in ("stages", "microbatches")}
+    spec = parse_spec(data)
+    assert (spec.stages, spec.microbatches, spec.partition) == ("auto", "auto", "auto")
+    assert not spec.is_resolved and spec.microbatch_size == 8  # 32 / 4: the profiling shape
+    with pytest.raises(ValueError, match="not resolved"):
+        _ = spec.num_stages
+    done = spec.resolve(3, 16)
+    assert done.is_resolved and (done.num_stages, done.num_microbatches, done.microbatch_size) == (3, 16, 2)
+    assert parse_spec({**data, "max_stages": 2}).max_stages == 2
+    for patch, needle in [
+        ({"partition": "uniform"}, "partition 'uniform' needs stages and microbatches"),
+        ({"partition": "uniform", "stages": 2}, "partition 'uniform' needs"),
+        ({"stages": 2, "max_stages": 3}, "max_stages bounds stages 'auto'"),
+        ({"stages": "many"}, "stages"),
+        ({"max_stages": 0}, "max_stages"),
+    ]:
+        with pytest.raises(SpecError, match="invalid job spec") as info:
+            parse_spec({**data, **patch})
+        assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+    with pytest.raises(SpecError, match="batch_size"):  # a resolved count is validated again
+        parse_spec(data).resolve(2, 5)
 
 
 def test_text_path_resolves_relative_to_job_file(tmp_path: Path) -> None:
