@@ -174,16 +174,18 @@ def plan(
         connect(address, spec.stages if spec.stages != "auto" else 1)
     except Exception as err:  # unreachable cluster, bad address
         fail(f"cannot connect to Ray at {address}: {str(err).splitlines()[0] if str(err) else err}")
+    from service.nodes import cluster_nodes, slots_of
     from service.partition import InfeasibleError
-    from service.planner import cluster_slots, plan_job, render_plan
-    from service.profiler import ProfileCache, profile_on_cluster
+    from service.planner import plan_job, render_plan
+    from service.profiler import ProfileCache, profile_cluster
     from service.runtime import pipewave_home
     from workers.models import layer_names
 
     home = pipewave_home()
     try:
-        profile = profile_on_cluster(spec, ProfileCache(home / "profiles"))
-        slots = cluster_slots(memory_fraction=memory_fraction)
+        nodes = cluster_nodes()
+        profile = profile_cluster(spec, ProfileCache(home / "profiles"), nodes)
+        slots = slots_of(nodes, profile.speeds, memory_fraction=memory_fraction)
         stages = None if auto or spec.stages == "auto" else spec.stages
         microbatches = None if auto or spec.microbatches == "auto" else spec.microbatches
         chosen = plan_job(spec, profile.layers, slots, stages=stages, microbatches=microbatches,

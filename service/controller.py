@@ -39,9 +39,10 @@ from ray.util.scheduling_strategies import (
 
 from service import checkpoint as ckpt
 from service.metrics import JobSummary, RunFigures, StepMetrics, run_figures, step_metrics
+from service.nodes import cluster_nodes, slots_of
 from service.partition import InfeasibleError, LayerCost, Partition, Slot, uniform
-from service.planner import JobPlan, Rebalance, cluster_slots, decide_rebalance, plan_job
-from service.profiler import ProfileCache, profile_on_cluster
+from service.planner import JobPlan, Rebalance, decide_rebalance, plan_job
+from service.profiler import ProfileCache, profile_cluster
 from service.runtime import pipewave_home
 from service.schedules import make_schedule
 from service.spec import JobSpec
@@ -184,8 +185,9 @@ class JobController:
         while the cluster still fits them (re-planned when it does not)."""
         req = self.request
         profile_dir = self.opts.profile_dir or pipewave_home() / "profiles"
-        profile = profile_on_cluster(req, ProfileCache(profile_dir))
-        slots = cluster_slots(self.opts.cpus_per_stage, self.opts.memory_fraction)
+        nodes = cluster_nodes()
+        profile = profile_cluster(req, ProfileCache(profile_dir), nodes, self.opts.cpus_per_stage)
+        slots = slots_of(nodes, profile.speeds, self.opts.cpus_per_stage, self.opts.memory_fraction)
         stages = None if req.stages == "auto" else req.stages
         microbatches = None if req.microbatches == "auto" else req.microbatches
         try:

@@ -83,25 +83,14 @@ class JobPlan:
         }
 
 
-def cluster_slots(cpus_per_stage: float = 1.0, memory_fraction: float = 0.8) -> list[Slot]:
-    """One slot per ``cpus_per_stage`` CPUs of each alive node (speed 1.0); each slot's memory
-    budget is ``memory_fraction`` of the node's Ray "memory" resource shared by its slots."""
+def cluster_slots(cpus_per_stage: float = 1.0, memory_fraction: float = 0.8,
+                  speeds: dict[str, float] | None = None) -> list[Slot]:
+    """The live cluster's slots (``nodes.slots_of``); ``speeds`` by node kind (default 1.0)."""
     if cpus_per_stage <= 0 or not 0 < memory_fraction <= 1:
         raise ValueError("cpus_per_stage must be > 0 and memory_fraction in (0, 1]")
-    import ray
+    from service.nodes import cluster_nodes, slots_of
 
-    slots: list[Slot] = []
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        res = node.get("Resources", {})
-        count = int(res.get("CPU", 0) // cpus_per_stage)
-        if count < 1:
-            continue
-        memory = res.get("memory")
-        budget = int(memory_fraction * memory / count) if memory else None
-        slots += [Slot(str(node["NodeID"]), 1.0, budget)] * count
-    return slots
+    return slots_of(cluster_nodes(), speeds, cpus_per_stage, memory_fraction)
 
 
 def optimizer_name(spec: JobSpec) -> str:

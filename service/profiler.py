@@ -3,8 +3,9 @@
 ``profile_layers`` runs in the current process (pure torch): it builds the model's layers and
 times each one at the job's microbatch shape, one thread, as a stage runs it. Activation bytes are
 what the layer's forward saves for its backward (unique storages seen by a saved-tensors hook,
-parameters excluded). ``profile_on_cluster`` runs it inside a Ray actor on the node type that will
-run the stages and caches the result by (model config, microbatch shape, device kind).
+parameters excluded). ``profile_cluster`` runs it inside a Ray actor on a node of each node kind
+of the cluster (``service.nodes``), caches each result by (model config, microbatch shape, node
+kind) and derives the kinds' relative speeds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from service.nodes import NodeInfo, cluster_nodes, kind_speeds, reference_kind
 from service.partition import LayerCost
 from workers.models import ModelConfig, build_layers, layer_names, loss_fn, num_layers
 
@@ -224,7 +226,7 @@ class ProfileCache:
 
 
 class _ProfilerActor:
-    """Runs on the node type that will run the stages (same CPU / GPU request)."""
+    """Runs on a node of the kind it profiles (GPU there, if the node has one)."""
 
     def __init__(self) -> None:
         import ray
@@ -234,45 +236,69 @@ class _ProfilerActor:
         keep_freed_memory()  # the heap as a stage worker keeps it (large tensors reuse memory)
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
-    def device_kind(self) -> str:
-        return torch.cuda.get_device_name(0) if self.device == "cuda" else "cpu"
-
     def profile(self, model_cfg: Any, microbatch_size: int, seed: int) -> list[LayerCost]:
         return profile_layers(model_cfg, microbatch_size, seed, device=self.device)
 
 
-def profile_on_cluster(spec: Any, cache: ProfileCache, num_gpus: float = 0) -> Profile:
-    """The spec's profile from ``cache``, or measured in a Ray actor (1 CPU, ``num_gpus``) and
-    stored. With GPUs the actor is asked its device name first, as the cache key needs it."""
+@dataclass(frozen=True)
+class ClusterProfile:
+    """The layers of the reference kind (the plan's costs) and every node kind's speed."""
+
+    reference: Profile
+    speeds: dict[str, float]  # node kind -> reference time / its time
+    profiles: dict[str, Profile]  # node kind -> its profile
+
+    @property
+    def layers(self) -> tuple[LayerCost, ...]:
+        return self.reference.layers
+
+
+def _profile_kind(spec: Any, cache: ProfileCache, node: NodeInfo) -> Profile:
+    """The spec's layers on ``node``'s kind: from the cache, or measured there and stored."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     model, mbs = spec.model, spec.microbatch_size
-    kind, actor = "cpu", None
+    key = profile_key(model, mbs, node.kind)
+    cached = cache.get(key)
+    if cached is not None and len(cached.layers) == num_layers(model):
+        return cached
+    t0 = time.perf_counter()
+    actor: Any = ray.remote(_ProfilerActor).options(
+        num_cpus=1, num_gpus=1 if node.gpus >= 1 else 0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False)).remote()
     try:
-        if num_gpus > 0:
-            actor = _start_actor(num_gpus)
-            kind = ray.get(actor.device_kind.remote())
-        key = profile_key(model, mbs, kind)
-        cached = cache.get(key)
-        if cached is not None and len(cached.layers) == num_layers(model):
-            return cached
-        if actor is None:
-            actor = _start_actor(num_gpus)
-        t0 = time.perf_counter()
         layers = ray.get(actor.profile.remote(model, mbs, spec.seed))
     finally:
-        if actor is not None:
-            ray.kill(actor)
+        ray.kill(actor)
     if len(layers) != num_layers(model):
         raise RuntimeError(f"profiler returned {len(layers)} layers, expected {num_layers(model)}")
-    profile = Profile(key, kind, tuple(layers), time.time())
+    profile = Profile(key, node.kind, tuple(layers), time.time())
     cache.put(profile)
-    logger.info("profiled %s (%s, microbatch %d) in %.1f s", model.kind, kind, mbs,
+    logger.info("profiled %s on %s (microbatch %d) in %.1f s", model.kind, node.kind, mbs,
                 time.perf_counter() - t0)
     return profile
 
 
-def _start_actor(num_gpus: float) -> Any:
-    import ray
+def profile_cluster(spec: Any, cache: ProfileCache, nodes: Sequence[NodeInfo] | None = None,
+                    cpus_per_stage: float = 1.0) -> ClusterProfile:
+    """Profile the spec's layers once per node kind of the cluster (cached per kind) and derive
+    each kind's speed from its total forward + backward time."""
+    nodes = list(nodes) if nodes is not None else cluster_nodes()
+    if not nodes:
+        raise RuntimeError("the cluster has no node with CPUs to profile on")
+    first: dict[str, NodeInfo] = {}
+    for n in nodes:
+        first.setdefault(n.kind, n)
+    profiles = {kind: _profile_kind(spec, cache, node) for kind, node in first.items()}
+    ref = reference_kind(nodes, cpus_per_stage)
+    totals = {k: sum(c.forward_s + c.backward_s for c in p.layers) for k, p in profiles.items()}
+    speeds = kind_speeds(totals, ref)
+    if len(speeds) > 1:
+        logger.info("node kind speeds (reference %s): %s", ref, speeds)
+    return ClusterProfile(profiles[ref], speeds, profiles)
 
-    return ray.remote(_ProfilerActor).options(num_cpus=1, num_gpus=num_gpus).remote()
+
+def profile_on_cluster(spec: Any, cache: ProfileCache) -> Profile:
+    """The reference kind's profile (see ``profile_cluster``)."""
+    return profile_cluster(spec, cache).reference

@@ -68,8 +68,8 @@ def test_a_wrong_profile_is_corrected_by_measurement(ray_cluster, make_spec, tmp
     block = true.layers[1]
     wrong = (*true.layers[:-1], replace(true.layers[-1], forward_s=block.forward_s,
                                          backward_s=block.backward_s))
-    key = profile_key(spec.model, spec.microbatch_size, "cpu")
-    cache.put(Profile(key, "cpu", wrong, true.measured_at))
+    key = profile_key(spec.model, spec.microbatch_size, true.device_kind)
+    cache.put(Profile(key, true.device_kind, wrong, true.measured_at))
     ctl, summary = run(spec, tmp_path / "auto", tmp_path / "profiles", calibrate_steps=2)
     assert summary.state == "SUCCEEDED", summary.reason
     assert ctl.job_plan is not None and summary.rebalances >= 1
