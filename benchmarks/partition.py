@@ -33,9 +33,11 @@ REPO = HERE.parent
 SPEC_FILE = REPO / "examples" / "gpt-small.yaml"
 MODES = ("auto", "uniform")
 SHARING_NOTE = (
-    "When the stage count exceeds the machine's cores, stages share cores, so throughput is set by "
-    "the total work rather than by the bottleneck stage; the CPU-seconds balance then shows what "
-    "each stage would cost on a dedicated core.")
+    "When the stage count exceeds the machine's cores, stages share cores: wall busy time then "
+    "includes waiting for a core, and the throughput gain lies between none (cores saturated: "
+    "throughput = total work / cores) and the bottleneck ratio (stages waiting on their "
+    "neighbours leave cores idle); the CPU-seconds balance shows what each stage would cost on a "
+    "dedicated core.")
 
 
 def the_command() -> str:
@@ -80,7 +82,7 @@ def run_job(stages: int, mode: str, a: argparse.Namespace, profile_dir: Path) ->
     if summary.state != "SUCCEEDED":
         return {"error": f"{summary.state}: {summary.reason}", "total_s": time.time() - t0}
     # The last `steps` steps, and never the final partition's first step (new stage processes)
-    since = ctl._partition_since - ctl.first_step  # index of the final partition's first step
+    since = ctl.partition_since - ctl.first_step  # index of the final partition's first step
     start = max(len(ctl.metrics) - a.steps, since + 1)
     window = ctl.metrics[start:]
     if not window:

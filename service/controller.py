@@ -25,7 +25,7 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -122,7 +122,7 @@ class JobController:
         self._layers: tuple[LayerCost, ...] = ()  # the profile the plan was made from
         self._slots: list[Slot] = []
         self._calibrate_at: int | None = None  # the step after which to calibrate
-        self._partition_since = 0  # the step the current partition started at
+        self.partition_since = 0  # the step the current partition started at
         self.rebalances: list[Rebalance] = []
         self._cancel: str | None = None
         self._t_created = time.time()
@@ -212,6 +212,9 @@ class JobController:
 
     def _adopt(self, jp: JobPlan) -> None:
         self.job_plan, self.partition = jp, jp.plan.partition
+        tmp = self.output / "plan.json.tmp"  # the plan in force, beside metrics.jsonl
+        tmp.write_text(json.dumps({"spec": self.spec.model_dump(mode="json"), **jp.to_dict()}, indent=2))
+        tmp.replace(self.output / "plan.json")
         self.stage_nodes = [sp.node_id for sp in jp.plan.stages]
         self._calibrate_at = None  # set when the stages start (after any resume)
 
@@ -254,7 +257,7 @@ class JobController:
             raise JobError(f"the checkpoint in {self.output} is at step {self.step_done}, "
                            f"the job asks for {self.spec.steps} steps: nothing to do")
         self._t_running = self._t_running or time.time()
-        self._partition_since = self.step_done
+        self.partition_since = self.step_done
         n = self.opts.calibrate_steps
         if self.job_plan is not None and n > 0 and len(self.rebalances) < self.opts.max_rebalances \
                 and self.step_done + 2 * n <= self.spec.steps:  # worth it: steps remain after
@@ -280,7 +283,7 @@ class JobController:
     def _calibrate(self) -> bool:
         """Decide whether the measured stage times call for another partition (and adopt it)."""
         assert self.job_plan is not None
-        steps = self.metrics[self._partition_since + 1 - self.first_step:]  # first step: warmup
+        steps = self.metrics[self.partition_since + 1 - self.first_step:]  # first step: warmup
         measured = _mean_per_stage([m.stage_cpu_s for m in steps], self.spec.num_stages)
         decision = decide_rebalance(self.spec, self._layers, self._slots, self.job_plan, measured,
                                     min_gain=self.opts.min_gain)
@@ -338,6 +341,8 @@ class JobController:
         self._train_s += time.time() - t0
         self.last_run = reports
         new = step_metrics(reports, first, count, M, self.spec.batch_size, t0)
+        if self.job_plan is not None:  # the plan's figure beside each measured one
+            new = [replace(m, predicted_stage_busy_s=self.job_plan.predicted_stage_busy_s) for m in new]
         self.metrics.extend(new)
         self.figures.append(run_figures(reports))
         self.step_done = first + count
@@ -433,7 +438,7 @@ class JobController:
         samples = self.spec.batch_size * len(done)
         figs = self.figures
         # the current partition's steps, its first one (warmup) left out where there are more
-        mine = done[self._partition_since - self.first_step:]
+        mine = done[self.partition_since - self.first_step:]
         current = mine[1:] or mine
         S = self.spec.stages if isinstance(self.spec.stages, int) else 0  # 0: never planned
         bubble = [sum(f.bubble[s] * f.wall_s for f in figs) / sum(f.wall_s for f in figs)

@@ -17,7 +17,9 @@ class StepMetrics:
     time_s: float  # wall time of this step (from the previous step's end)
     stage_busy_s: tuple[float, ...]
     stage_idle_s: tuple[float, ...]
-    stage_cpu_s: tuple[float, ...] = ()  # CPU seconds of the busy spans (immune to contention)
+    stage_cpu_s: tuple[float, ...] = ()  # CPU seconds of the busy spans (one-thread CPU stages;
+    # wall seconds otherwise): what a stage costs even when stages share cores
+    predicted_stage_busy_s: tuple[float, ...] = ()  # the plan's figure (planned jobs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +60,8 @@ class JobSummary:
     output: str = ""
     reason: str = ""
     predicted_stage_busy_s: list[float] = field(default_factory=list)  # per step, planner's figure
-    measured_stage_busy_s: list[float] = field(default_factory=list)  # per step, mean after step 1
+    # per step, mean over the current partition's steps after its first (warmup)
+    measured_stage_busy_s: list[float] = field(default_factory=list)
     measured_stage_cpu_s: list[float] = field(default_factory=list)  # the same in CPU seconds
     partition: list[list[int]] = field(default_factory=list)  # [start, end) layers per stage
     rebalances: int = 0  # partitions moved to after calibration

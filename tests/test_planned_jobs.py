@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,12 @@ def test_planned_partition_balances_and_trains_like_uniform(ray_cluster, make_sp
     assert len(summary.predicted_stage_busy_s) == 3 and len(summary.measured_stage_busy_s) == 3
     assert all(p > 0 for p in summary.predicted_stage_busy_s)
     assert any(e.kind == "plan" for e in ctl.events)
+    # the plan in force and, per step, predicted beside measured busy time, in the output
+    saved = json.loads((tmp_path / "auto" / "plan.json").read_text())
+    assert saved["partition"] == [list(b) for b in ctl.partition] and saved["spec"]["stages"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "auto" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(r["predicted_stage_busy_s"]) == 3 == len(r["stage_cpu_s"])
+                                  for r in rows)
     # a synchronous schedule's result does not depend on where the cuts are
     uctl, usummary = run(make_spec(model=HEAVY_HEAD, stages=3, steps=4), tmp_path / "uniform",
                          tmp_path / "profiles")

@@ -49,7 +49,7 @@ class RunReport:
     peak_versions: int = 0
     peak_activations: int = 0
     busy_s: float = 0.0  # wall seconds computing (the spans' total)
-    cpu_s: list[float] = field(default_factory=list)  # per span: CPU seconds of that work
+    cpu_s: list[float] = field(default_factory=list)  # per span: its work seconds (see run)
     update_s: float = 0.0  # time in optimizer steps (inside the backward spans)
 
 
@@ -170,7 +170,10 @@ class StageWorker:
     def run(self, run: Run) -> RunReport:
         """Execute this stage's actions; returns timings, losses and the versions used."""
         s, M = self.stage, self.spec.num_microbatches
-        cpu_clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
+        # work seconds: a one-thread CPU stage's CPU time (what sharing a core does not inflate);
+        # wall time where CPU time would count idle threads (several threads) or miss a GPU's
+        cpu_clock = (time.thread_time if torch.get_num_threads() == 1 and self.device.type == "cpu"
+                     else time.perf_counter)
         base = self.latest  # action.version v means global version base + v
         report = RunReport(stage=s)
         needs = []
