@@ -141,9 +141,11 @@ def _print_summary(s: dict[str, Any]) -> None:
             ("peak weight versions", ", ".join(map(str, s["peak_versions"]))),
             ("checkpoints", s["checkpoints"][-1] if s["checkpoints"] else "-")]
     if s["predicted_stage_busy_s"]:
-        pairs = zip(s["predicted_stage_busy_s"], s["measured_stage_busy_s"], strict=False)
-        rows.append(("busy per step, predicted / measured",
-                     ", ".join(f"{p * 1e3:.1f}/{m * 1e3:.1f} ms" for p, m in pairs)))
+        rows.append(("partition (layers per stage)", ", ".join(f"{a}-{b - 1}" for a, b in s["partition"])))
+        triples = zip(s["predicted_stage_busy_s"], s["measured_stage_cpu_s"],
+                      s["measured_stage_busy_s"], strict=False)
+        rows.append(("busy ms per step: predicted / measured work / wall",
+                     ", ".join(f"{p * 1e3:.0f}/{c * 1e3:.0f}/{w * 1e3:.0f}" for p, c, w in triples)))
     if s["reason"] and s["state"] != "SUCCEEDED":
         rows.append(("reason", s["reason"]))
     for k, v in rows:
