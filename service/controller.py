@@ -92,6 +92,7 @@ class ControllerOptions:
     calibrate_steps: int = 4  # planned jobs: measure this many steps, then re-plan (0: never)
     min_gain: float = 0.03  # move to a calibrated partition only if it cuts the bottleneck more
     max_rebalances: int = 3
+    verify_moves: bool = True  # digest the whole state before and after a live move
 
 
 class JobController:
@@ -219,6 +220,20 @@ class JobController:
         self._calibrate_at = None  # set when the stages start (after any resume)
 
     def _on_starting(self) -> None:
+        self._start_actors()
+        if self._record is not None:
+            self._resume(self._record)
+        else:
+            self._start_fresh()
+        if self.step_done >= self.spec.steps:
+            raise JobError(f"the checkpoint in {self.output} is at step {self.step_done}, "
+                           f"the job asks for {self.spec.steps} steps: nothing to do")
+        self._t_running = self._t_running or time.time()
+        self._enter_running()
+
+    def _start_actors(self) -> None:
+        """One stage actor per stage of ``self.partition``, placed as planned (or packed in a
+        placement group for a uniform split), their stage-to-stage group connected."""
         S = self.spec.num_stages
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= S else 0
         bundle = {"CPU": self.opts.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
@@ -249,14 +264,8 @@ class JobController:
                           for i in infos)
         self._emit("info", f"{S} stages ready ({where})", stages=[
             {k: i[k] for k in ("stage", "layers", "node_id", "device", "params")} for i in infos])
-        if self._record is not None:
-            self._resume(self._record)
-        else:
-            self._start_fresh()
-        if self.step_done >= self.spec.steps:
-            raise JobError(f"the checkpoint in {self.output} is at step {self.step_done}, "
-                           f"the job asks for {self.spec.steps} steps: nothing to do")
-        self._t_running = self._t_running or time.time()
+
+    def _enter_running(self) -> None:
         self.partition_since = self.step_done
         n = self.opts.calibrate_steps
         if self.job_plan is not None and n > 0 and len(self.rebalances) < self.opts.max_rebalances \
@@ -296,18 +305,53 @@ class JobController:
         return True
 
     def _on_rebalancing(self) -> None:
-        """Checkpoint the drained pipeline, stop the stages, start the new partition from it."""
-        if not self.checkpoints or not self.checkpoints[-1].endswith(f"step-{self.step_done:06d}"):
-            self._save_checkpoint()
-        self._record = ckpt.latest(self.output)
-        self._teardown()
+        """Move the drained pipeline to the new partition, live: every stage exports its state
+        into its node's object store, the new stages pull the layers they hold directly from
+        there (never through the driver or disk), and training goes on at the same step. With
+        ``verify_moves``, a digest of every tensor of the state before and after must agree."""
         decision = self.rebalances[-1]
         assert decision.plan is not None
+        t0 = time.time()
+        old_actors, before = self.actors, list(self.partition)
+        digest = self._digest() if self.opts.verify_moves else None
+        exports = [a.export_state.remote() for a in old_actors]
+        # wait for the exports without fetching them here: they stay in the stages' object stores
+        # (owned by this driver, so they outlive the actors)
+        ready, _ = ray.wait(exports, num_returns=len(exports), timeout=self.opts.ready_timeout_s,
+                            fetch_local=False)
+        if len(ready) < len(exports):
+            raise JobError(f"stages did not export their state within {self.opts.ready_timeout_s:.0f}s")
+        self.actors = []
+        for a in old_actors:  # their CPUs go to the new stages; the exported state stays
+            ray.kill(a)
         self._layers = decision.layers  # later calibrations correct these
         self._adopt(decision.plan)
+        self._start_actors()
+        moved = ray.get([a.import_state.remote([ref for (a0, b0), ref in zip(before, exports, strict=True)
+                                                 if a0 < end and b0 > start])
+                         for a, (start, end) in zip(self.actors, self.partition, strict=True)],
+                        timeout=self.opts.ready_timeout_s)
+        if digest is not None and self._digest() != digest:
+            raise JobError(f"the state changed while moving from {before} to {list(self.partition)}")
+        pause = time.time() - t0
+        self._emit("rebalance", f"moved from {before} to {[list(b) for b in self.partition]} in "
+                                f"{pause:.2f} s at step {self.step_done}: {decision.reason}",
+                   before=[list(b) for b in before], after=[list(b) for b in self.partition],
+                   pause_s=pause, bytes_moved=sum(moved), step=self.step_done, reason=decision.reason,
+                   verified=digest is not None)
         self._emit("plan", f"re-planned {decision.plan.stages} stages: {decision.plan.reason}",
                    plan=decision.plan.to_dict())
-        self._transition(JobState.STARTING, f"partition {list(self.partition)}")
+        self._enter_running()
+        self._transition(JobState.RUNNING, f"partition {list(self.partition)}")
+
+    def _digest(self) -> dict[str, str]:
+        """Per-tensor digests of the whole job's state (all stages' weights, older versions,
+        optimizer state), keyed by global parameter name."""
+        merged: dict[str, str] = {}
+        for d in ray.get([a.state_digest.remote() for a in self.actors],
+                         timeout=self.opts.ready_timeout_s):
+            merged.update(d)
+        return merged
 
     def _on_checkpointing(self) -> None:
         self._save_checkpoint()

@@ -67,7 +67,7 @@ def test_unfittable_job_is_refused_before_it_starts(ray_cluster, make_spec, tmp_
 def test_a_wrong_profile_is_corrected_by_measurement(ray_cluster, make_spec, tmp_path: Path) -> None:
     """The cached profile says the heavy head costs one block: the plan is off. After the
     calibration steps the stages' measured busy time shows it; the controller re-plans, moves
-    to the new partition through a drained checkpoint and trains on, losing no update: the
+    the drained pipeline live to the new partition and trains on, losing no update: the
     weights are those of the same job on a fixed split (a synchronous schedule)."""
     spec = make_spec(model=HEAVY_HEAD, stages=3, partition="auto", steps=8)
     cache = ProfileCache(tmp_path / "profiles")
@@ -84,7 +84,14 @@ def test_a_wrong_profile_is_corrected_by_measurement(ray_cluster, make_spec, tmp
     assert first_plan[-1] != [9, 10]  # the wrong profile did not isolate the head
     assert ctl.partition[-1] == (9, 10) and summary.partition[-1] == [9, 10]
     states = [e.data["state"] for e in ctl.events if e.kind == "state"]
-    assert states[:5] == ["STARTING", "RUNNING", "REBALANCING", "STARTING", "RUNNING"]
+    assert states[:4] == ["STARTING", "RUNNING", "REBALANCING", "RUNNING"]
+    # moved live, stage to stage through the object store, the whole state digest-verified
+    moves = [e.data for e in ctl.events if e.kind == "rebalance"]
+    assert len(moves) == summary.rebalances and moves[0]["step"] == 2
+    assert all(m["verified"] and m["bytes_moved"] > 0 for m in moves)
+    assert moves[0]["before"] == first_plan and moves[-1]["after"][-1] == [9, 10]
+    for m in moves:
+        print(f"\nlive move at step {m['step']}: {m['before']} -> {m['after']}: {m['pause_s']:.2f} s")
     calibrations = [e for e in ctl.events if e.kind == "calibration"]
     assert calibrations[0].data["moves"] and calibrations[0].data["factors"][-1] > 2
     assert [m.step for m in ctl.metrics] == list(range(1, 9))  # every step once, in order

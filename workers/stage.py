@@ -8,6 +8,7 @@ stages over torch.distributed point-to-point; the controller only starts runs an
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import time
@@ -112,16 +113,16 @@ class StageWorker:
     def shutdown(self) -> None:
         comm.close_group()
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def save(self, path: str) -> dict[str, Any]:
-        """Write this stage's weights (latest version as a plain state_dict), optimizer state and
-        any older version the schedule still needs (2BW's previous weights)."""
+    # -- state: checkpoints and live moves ----------------------------------------------------
+    def state_payload(self) -> dict[str, Any]:
+        """This stage's state on the CPU: the latest weights (a plain state_dict slice), the
+        older versions the schedule still needs (2BW's previous weights), optimizer state."""
         def cpu(v: Version) -> dict[str, torch.Tensor]:
             return {n: t.detach().cpu() for n, t in zip(self.names, v, strict=True)}
 
         older = {v - self.latest: cpu(t) for v, t in self.versions.items()
                  if v < self.latest and v >= 0}
-        payload = {
+        return {
             "format": "pipewave-stage/1",
             "stage": self.stage,
             "layers": list(self.layer_range),
@@ -130,19 +131,37 @@ class StageWorker:
             "older_versions": older,
             "optimizer": self.opt.state_dict(self.names),
         }
+
+    def save(self, path: str) -> dict[str, Any]:
         p = Path(path)
-        save_stage_file(p, payload)
+        save_stage_file(p, self.state_payload())
         return {"stage": self.stage, "file": p.name, "bytes": p.stat().st_size}
+
+    def export_state(self) -> dict[str, Any]:
+        """The payload, returned into this node's object store: a new stage pulls it directly
+        (``import_state``), never through the driver."""
+        return self.state_payload()
 
     def load(self, paths: list[str]) -> None:
         """Load this stage's layers from stage files of a checkpoint, whatever partition wrote
         them: every key is a global layer index, so the files covering our layers are merged."""
-        merged = merge_stage_files(paths, self.layer_range)
+        payloads = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+        self._apply(merge_payloads(payloads, self.layer_range), f"checkpoint files {paths}")
+
+    def import_state(self, refs: list[Any]) -> int:
+        """Take this stage's layers from other stages' exported payloads (object refs, pulled
+        from their nodes' object stores); returns the bytes received."""
+        import ray
+
+        payloads = ray.get(refs)
+        self._apply(merge_payloads(payloads, self.layer_range), "the previous stages")
+        return sum(t.numel() * t.element_size() for p in payloads for t in p["model"].values())
+
+    def _apply(self, merged: dict[str, Any], source: str) -> None:
         self.latest = int(merged["latest_version"])
         missing = [n for n in self.names if n not in merged["model"]]
         if missing:
-            raise ValueError(f"checkpoint files {paths} lack parameters {missing[:3]} of layers "
-                             f"{self.layer_range}")
+            raise ValueError(f"{source} lack parameters {missing[:3]} of layers {self.layer_range}")
 
         def version(d: dict[str, torch.Tensor]) -> Version:
             return tuple(d[n].to(self.device).requires_grad_() for n in self.names)
@@ -150,10 +169,29 @@ class StageWorker:
         self.versions = {self.latest: version(merged["model"])}
         for off, d in merged["older_versions"].items():
             if any(n not in d for n in self.names):
-                raise ValueError(f"checkpoint files {paths} hold weight version {off:+d} for only "
-                                 f"some of layers {self.layer_range}")
+                raise ValueError(f"{source} hold weight version {off:+d} for only some of layers "
+                                 f"{self.layer_range}")
             self.versions[self.latest + int(off)] = version(d)
         self.opt.load_state_dict(merged["optimizer"], self.names, self.device)
+
+    def state_digest(self) -> dict[str, str]:
+        """A digest per tensor of the state (weights, older versions, optimizer state), keyed by
+        what it is and the parameter's global name: equal dicts, bitwise equal state."""
+        p = self.state_payload()
+        flat: dict[str, Any] = {f"model/{n}": t for n, t in p["model"].items()}
+        for off, d in p["older_versions"].items():
+            flat.update({f"version{off:+d}/{n}": t for n, t in d.items()})
+        for k, v in p["optimizer"].items():
+            if isinstance(v, dict):
+                flat.update({f"optimizer.{k}/{n}": t for n, t in v.items()})
+        out = {"latest_version": str(self.latest)}
+        for key, t in flat.items():
+            if isinstance(t, torch.Tensor):
+                blob = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                out[key] = f"{t.dtype}:{tuple(t.shape)}:{hashlib.sha256(blob).hexdigest()}"
+            else:
+                out[key] = repr(t)
+        return out
 
     # -- data --------------------------------------------------------------------------------
     def _data(self, step: int, mb: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -289,21 +327,20 @@ def _pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def merge_stage_files(paths: list[str], layers: tuple[int, int]) -> dict[str, Any]:
-    """The union of the stage files that hold any of ``layers`` [start, end): model, older
-    versions and optimizer state, each a dict keyed by parameter name. The files must agree on
-    the version (a checkpoint is taken when every stage has applied the same updates)."""
+def merge_payloads(payloads: list[dict[str, Any]], layers: tuple[int, int]) -> dict[str, Any]:
+    """The union of the stage payloads that hold any of ``layers`` [start, end): model, older
+    versions and optimizer state, each a dict keyed by parameter name. They must agree on the
+    version (taken when every stage has applied the same updates: a drained pipeline)."""
     start, end = layers
     merged: dict[str, Any] = {"model": {}, "older_versions": {}, "optimizer": {}}
     latest: int | None = None
-    for path in paths:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    for state in payloads:
         a, b = state["layers"]
         if b <= start or a >= end:
             continue
         if latest is not None and int(state["latest_version"]) != latest:
-            raise ValueError(f"{path} is at weight version {state['latest_version']}, "
-                             f"other stage files at {latest}")
+            raise ValueError(f"stage {state['stage']} is at weight version "
+                             f"{state['latest_version']}, other stages at {latest}")
         latest = int(state["latest_version"])
         merged["model"].update(state["model"])
         for off, d in state["older_versions"].items():
@@ -314,7 +351,7 @@ def merge_stage_files(paths: list[str], layers: tuple[int, int]) -> dict[str, An
             else:
                 merged["optimizer"][k] = v
     if latest is None:
-        raise ValueError(f"no checkpoint file holds layers {start}..{end - 1}")
+        raise ValueError(f"no stage state holds layers {start}..{end - 1}")
     merged["latest_version"] = latest
     return merged
 
