@@ -38,6 +38,7 @@ from ray.util.scheduling_strategies import (
 )
 
 from service import checkpoint as ckpt
+from service.elastic import Watcher, decide, observe, usable_nodes
 from service.metrics import JobSummary, RunFigures, StepMetrics, run_figures, step_metrics
 from service.nodes import cluster_nodes, slots_of
 from service.partition import InfeasibleError, LayerCost, Partition, Slot, uniform
@@ -93,6 +94,10 @@ class ControllerOptions:
     min_gain: float = 0.03  # move to a calibrated partition only if it cuts the bottleneck more
     max_rebalances: int = 3
     verify_moves: bool = True  # digest the whole state before and after a live move
+    elastic_run_steps: int = 4  # elastic jobs: runs this long, so a move waits at most one run
+    watch_every_s: float = 1.0  # elastic jobs: how often the node table is read
+    confirm: int = 3  # ... and how many identical observations make a change
+    elastic_min_gain: float = 0.05  # grow only for more than this predicted gain
 
 
 class JobController:
@@ -122,9 +127,16 @@ class JobController:
         self._record: ckpt.CheckpointRecord | None = None  # the checkpoint to resume from
         self._layers: tuple[LayerCost, ...] = ()  # the profile the plan was made from
         self._slots: list[Slot] = []
+        self._speeds: dict[str, float] = {}
         self._calibrate_at: int | None = None  # the step after which to calibrate
         self.partition_since = 0  # the step the current partition started at
         self.rebalances: list[Rebalance] = []
+        self.moves = 0  # live moves done (calibration and elasticity)
+        self._move: tuple[JobPlan, tuple[LayerCost, ...], str] | None = None  # (plan, costs, why)
+        self._watcher: Watcher | None = None
+        self._last_watch = 0.0
+        self._change: frozenset[str] | None = None  # a confirmed membership change to act on
+        self._figures_since = 0  # index into figures where the current partition starts
         self._cancel: str | None = None
         self._t_created = time.time()
         self._t_running = 0.0
@@ -191,9 +203,10 @@ class JobController:
         slots = slots_of(nodes, profile.speeds, self.opts.cpus_per_stage, self.opts.memory_fraction)
         stages = None if req.stages == "auto" else req.stages
         microbatches = None if req.microbatches == "auto" else req.microbatches
+        bound = req.elastic.max_stages if req.elastic is not None else req.max_stages
         try:
             try:
-                jp = plan_job(req, profile.layers, slots, max_stages=req.max_stages,
+                jp = plan_job(req, profile.layers, slots, max_stages=bound,
                               stages=stages or prior.get("stages"),
                               microbatches=microbatches or prior.get("microbatches"))
             except InfeasibleError as err:
@@ -203,12 +216,12 @@ class JobController:
                                    f"{prior['microbatches']} microbatches no longer fit ({err}); "
                                    f"re-planning")
                 jp = plan_job(req, profile.layers, slots, stages=stages,
-                              microbatches=microbatches, max_stages=req.max_stages)
+                              microbatches=microbatches, max_stages=bound)
         except InfeasibleError as err:
             raise JobError(f"cannot place the job: {err}") from None
         self.spec = req.resolve(jp.stages, jp.microbatches)
         self._adopt(jp)
-        self._layers, self._slots = profile.layers, slots
+        self._layers, self._slots, self._speeds = profile.layers, slots, profile.speeds
         self._emit("plan", f"planned {jp.stages} stages: {jp.reason}", plan=jp.to_dict())
 
     def _adopt(self, jp: JobPlan) -> None:
@@ -280,12 +293,18 @@ class JobController:
             end = min(end, (self.step_done // every + 1) * every)
         if self._calibrate_at is not None:
             end = min(end, self._calibrate_at)
+        if self.spec.elastic is not None:
+            end = min(end, self.step_done + self.opts.elastic_run_steps)
         self._run_steps(self.step_done, end - self.step_done)
         if self.step_done == self._calibrate_at:
             self._calibrate_at = None
             if self._calibrate():
                 self._transition(JobState.REBALANCING, self.rebalances[-1].reason)
                 return
+        if self._change is not None and self.step_done < self.spec.steps and self._react():
+            assert self._move is not None
+            self._transition(JobState.REBALANCING, self._move[2])
+            return
         if (every and self.step_done % every == 0) or self.step_done >= self.spec.steps:
             self._transition(JobState.CHECKPOINTING, f"step {self.step_done}")
 
@@ -302,6 +321,43 @@ class JobController:
         if decision.plan is None:
             return False
         self.rebalances.append(decision)
+        self._move = (decision.plan, decision.layers, decision.reason)
+        return True
+
+    # -- elasticity ------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Read the node table (at most every ``watch_every_s``); note a confirmed change."""
+        if self.spec.elastic is None or self.job_plan is None:
+            return
+        now = time.time()
+        if now - self._last_watch < self.opts.watch_every_s:
+            return
+        self._last_watch = now
+        usable = usable_nodes(observe(), self.opts.cpus_per_stage)
+        if self._watcher is None:
+            self._watcher = Watcher(usable, self.opts.confirm)
+            return
+        change = self._watcher.feed(usable)
+        if change is not None:
+            self._change = change
+            self._emit("membership", f"{len(change)} usable node(s) now", nodes=sorted(change))
+
+    def _react(self) -> bool:
+        """Decide what the confirmed membership change means for the job; True: move."""
+        assert self.spec.elastic is not None and self.job_plan is not None
+        change, self._change = self._change, None
+        assert change is not None
+        nodes = [n for n in cluster_nodes() if n.node_id in change]
+        slots = slots_of(nodes, self._speeds, self.opts.cpus_per_stage, self.opts.memory_fraction)
+        d = decide(self.spec, self._layers, slots, self.job_plan,
+                   min_stages=self.spec.elastic.min_stages, max_stages=self.spec.elastic.max_stages,
+                   min_gain=self.opts.elastic_min_gain)
+        logger.info("job %s membership change: %s (%s)", self.spec.name, d.action, d.reason)
+        self._emit("elastic", f"{d.action}: {d.reason}", action=d.action)
+        if d.action != "move" or d.plan is None:
+            return False
+        self._slots = slots
+        self._move = (d.plan, self._layers, d.reason)
         return True
 
     def _on_rebalancing(self) -> None:
@@ -309,8 +365,9 @@ class JobController:
         into its node's object store, the new stages pull the layers they hold directly from
         there (never through the driver or disk), and training goes on at the same step. With
         ``verify_moves``, a digest of every tensor of the state before and after must agree."""
-        decision = self.rebalances[-1]
-        assert decision.plan is not None
+        assert self._move is not None
+        new_plan, costs, why = self._move
+        self._move = None
         t0 = time.time()
         old_actors, before = self.actors, list(self.partition)
         digest = self._digest() if self.opts.verify_moves else None
@@ -324,8 +381,9 @@ class JobController:
         self.actors = []
         for a in old_actors:  # their CPUs go to the new stages; the exported state stays
             ray.kill(a)
-        self._layers = decision.layers  # later calibrations correct these
-        self._adopt(decision.plan)
+        self._layers = costs  # later calibrations correct these
+        self.spec = self.spec.resolve(new_plan.stages, new_plan.microbatches, keep_bounds=True)
+        self._adopt(new_plan)
         self._start_actors()
         moved = ray.get([a.import_state.remote([ref for (a0, b0), ref in zip(before, exports, strict=True)
                                                  if a0 < end and b0 > start])
@@ -335,12 +393,16 @@ class JobController:
             raise JobError(f"the state changed while moving from {before} to {list(self.partition)}")
         pause = time.time() - t0
         self._emit("rebalance", f"moved from {before} to {[list(b) for b in self.partition]} in "
-                                f"{pause:.2f} s at step {self.step_done}: {decision.reason}",
+                                f"{pause:.2f} s at step {self.step_done}: {why}",
                    before=[list(b) for b in before], after=[list(b) for b in self.partition],
-                   pause_s=pause, bytes_moved=sum(moved), step=self.step_done, reason=decision.reason,
+                   pause_s=pause, bytes_moved=sum(moved), step=self.step_done, reason=why,
                    verified=digest is not None)
-        self._emit("plan", f"re-planned {decision.plan.stages} stages: {decision.plan.reason}",
-                   plan=decision.plan.to_dict())
+        self._emit("plan", f"re-planned {new_plan.stages} stages: {new_plan.reason}",
+                   plan=new_plan.to_dict())
+        self.moves += 1
+        self._figures_since = len(self.figures)
+        if self._watcher is not None:
+            self._watcher.accept(usable_nodes(observe(), self.opts.cpus_per_stage))
         self._enter_running()
         self._transition(JobState.RUNNING, f"partition {list(self.partition)}")
 
@@ -381,6 +443,7 @@ class JobController:
             if self._cancel is not None:
                 raise KeyboardInterrupt
             self._poll_progress()
+            self._watch()
         reports: list[RunReport] = ray.get(refs)
         self._train_s += time.time() - t0
         self.last_run = reports
@@ -480,7 +543,7 @@ class JobController:
     def summary(self) -> JobSummary:
         done = self.metrics
         samples = self.spec.batch_size * len(done)
-        figs = self.figures
+        figs = self.figures[self._figures_since:]
         # the current partition's steps, its first one (warmup) left out where there are more
         mine = done[self.partition_since - self.first_step:]
         current = mine[1:] or mine
@@ -501,7 +564,7 @@ class JobController:
             measured_stage_busy_s=_mean_per_stage([m.stage_busy_s for m in current], S),
             measured_stage_cpu_s=_mean_per_stage([m.stage_cpu_s for m in current], S),
             partition=[list(b) for b in self.partition],
-            rebalances=len(self.rebalances),
+            rebalances=self.moves,
         )
 
 

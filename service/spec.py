@@ -72,6 +72,20 @@ class OptimizerSpec(_Strict):
     momentum: float = Field(0.0, ge=0, lt=1)
 
 
+class ElasticSpec(_Strict):
+    """Grow and shrink with the cluster: the stage count stays within [min_stages, max_stages]."""
+
+    min_stages: int = Field(1, ge=1, le=64)
+    max_stages: int = Field(64, ge=1, le=64)
+    wait_timeout_s: float = Field(600.0, gt=0, le=7 * 86400)  # below min_stages: wait this long
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ElasticSpec:
+        if self.min_stages > self.max_stages:
+            raise ValueError(f"min_stages ({self.min_stages}) exceeds max_stages ({self.max_stages})")
+        return self
+
+
 class CheckpointSpec(_Strict):
     every_steps: int | None = Field(None, ge=1, le=10_000_000)
 
@@ -107,6 +121,7 @@ class JobSpec(_Strict):
     steps: int = Field(100, ge=1, le=10_000_000)
     optimizer: OptimizerSpec = OptimizerSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
+    elastic: ElasticSpec | None = None
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
     @model_validator(mode="after")
@@ -125,6 +140,15 @@ class JobSpec(_Strict):
                              "(or use partition 'auto')")
         if self.max_stages is not None and self.stages != "auto":
             raise ValueError("max_stages bounds stages 'auto'; with a given stages leave it out")
+        if self.elastic is not None:
+            if self.partition != "auto":
+                raise ValueError("elastic jobs need partition 'auto' (the planner re-plans them)")
+            if self.max_stages is not None:
+                raise ValueError("an elastic job's bounds are elastic.min_stages and max_stages")
+            if self.stages != "auto" and not (self.elastic.min_stages <= self.stages
+                                              <= self.elastic.max_stages):
+                raise ValueError(f"stages ({self.stages}) is outside elastic [{self.elastic.min_stages}, "
+                                 f"{self.elastic.max_stages}]")
         if self.microbatches != "auto" and self.batch_size % self.microbatches:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be divisible by microbatches "
@@ -159,10 +183,12 @@ class JobSpec(_Strict):
             return self.batch_size // max(_divisors_up_to(self.batch_size, 4))
         return self.batch_size // self.microbatches
 
-    def resolve(self, stages: int, microbatches: int) -> JobSpec:
+    def resolve(self, stages: int, microbatches: int, keep_bounds: bool = False) -> JobSpec:
         """This spec with the planner's choices filled in (validated again)."""
         data = self.model_dump(mode="json")
-        data.update(stages=stages, microbatches=microbatches, max_stages=None)
+        data.update(stages=stages, microbatches=microbatches)
+        if not keep_bounds:
+            data.update(max_stages=None)
         try:
             return JobSpec.model_validate(data)
         except ValidationError as err:

@@ -26,15 +26,32 @@ RAY_CPUS = 4  # logical CPUs of the embedded cluster: enough for one 4-stage job
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """Start the embedded local Ray cluster once (lazily: only if a ray test runs)."""
-    from service.runtime import connect, disconnect
+def _ray_session() -> Iterator[None]:
+    """Stop whatever Ray this process still holds at the end of the session."""
+    yield
+    from service.runtime import disconnect
 
+    disconnect()
+
+
+@pytest.fixture
+def ray_cluster(_ray_session: None) -> None:
+    """The embedded local Ray cluster, started once and shared (lazily: only if a ray test runs;
+    started again if a multi-node test replaced it with a ``ray.cluster_utils.Cluster``)."""
+    ensure_local_ray()
+
+
+def ensure_local_ray() -> None:
+    import ray
+
+    from service.runtime import connect
+
+    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) == RAY_CPUS \
+            and len(ray.nodes()) == 1:
+        return
+    if ray.is_initialized():
+        ray.shutdown()
     connect(None, RAY_CPUS)
-    try:
-        yield
-    finally:
-        disconnect()
 
 
 def _make_spec(**overrides: Any):
@@ -63,6 +80,7 @@ def _run_job(spec, output: Path, resume: bool = False):
     """Run one job to the end in this process; returns (controller, summary)."""
     from service.controller import ControllerOptions, JobController
 
+    ensure_local_ray()
     ctl = JobController(spec, output, ControllerOptions(cpus_per_stage=1, threads_per_stage=1,
                                                         resume=resume, ready_timeout_s=60.0))
     return ctl, ctl.run()
@@ -136,7 +154,7 @@ class SharedRuns:
 
 
 @pytest.fixture(scope="session")
-def shared_runs(ray_cluster, tmp_path_factory) -> Callable[[str], SharedRuns]:
+def shared_runs(_ray_session, tmp_path_factory) -> Callable[[str], SharedRuns]:
     """``shared_runs(schedule)`` -> SharedRuns, cached for the session."""
     cache: dict[str, SharedRuns] = {}
 

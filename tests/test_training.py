@@ -24,7 +24,7 @@ def final_loss(metrics: list, window: int = 20) -> float:
 
 
 @pytest.fixture(scope="module")
-def results(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[float, float]]:
+def results(_ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     for schedule in ("1f1b", "gpipe", "pipedream", "2bw"):
         spec = make_spec(
