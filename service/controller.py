@@ -116,6 +116,7 @@ class JobController:
         self.stage_nodes: list[str] = []  # planned node per stage (partition "auto")
         self.job_plan: JobPlan | None = None
         self.actors: list[Any] = []
+        self._orphans: list[Any] = []  # actors of a move in progress, not yet stages again
         self.pg: Any = None
         self.step_done = 0  # global steps finished (and applied on every stage)
         self.first_step = 0  # where this process started (after a resume)
@@ -259,16 +260,22 @@ class JobController:
                 raise JobError(f"the cluster cannot place {S} stages of {bundle} within "
                                f"{self.opts.ready_timeout_s:.0f}s (resources: {ray.cluster_resources()})")
             strategies = [PlacementGroupSchedulingStrategy(self.pg, s) for s in range(S)]
+        self.actors = [self._new_actor(s, strategies[s], gpus) for s in range(S)]
+        self._connect()
+
+    def _new_actor(self, s: int, strategy: Any, gpus: int) -> Any:
+        """Stage ``s`` of the current partition in a new actor (fresh weights)."""
+        S = self.spec.num_stages
         cls = ray.remote(concurrency_groups={"control": 2})(StageWorker)  # type: ignore[call-overload]
-        spec_json = self.spec.model_dump_json()
         threads = self.opts.threads_per_stage or max(1, (os.cpu_count() or 1) // S)
-        self.actors = [
-            cls.options(
-                num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
-                scheduling_strategy=strategies[s],
-            ).remote(spec_json, s, S, start, end, threads)
-            for s, (start, end) in enumerate(self.partition)
-        ]
+        start, end = self.partition[s]
+        return cls.options(num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
+                           scheduling_strategy=strategy).remote(
+            self.spec.model_dump_json(), s, S, start, end, threads)
+
+    def _connect(self) -> None:
+        """Form the stages' point-to-point group (after every start or move)."""
+        S = self.spec.num_stages
         infos = ray.get([a.info.remote() for a in self.actors], timeout=self.opts.ready_timeout_s)
         port = ray.get(self.actors[0].rendezvous_port.remote())
         ray.get([a.init_comm.remote(infos[0]["ip"], port) for a in self.actors],
@@ -371,24 +378,43 @@ class JobController:
         t0 = time.time()
         old_actors, before = self.actors, list(self.partition)
         digest = self._digest() if self.opts.verify_moves else None
+        old_nodes = list(self.stage_nodes)
+        self._orphans = list(old_actors)  # stopped by _teardown if the move fails half-way
         exports = [a.export_state.remote() for a in old_actors]
         # wait for the exports without fetching them here: they stay in the stages' object stores
-        # (owned by this driver, so they outlive the actors)
         ready, _ = ray.wait(exports, num_returns=len(exports), timeout=self.opts.ready_timeout_s,
                             fetch_local=False)
         if len(ready) < len(exports):
             raise JobError(f"stages did not export their state within {self.opts.ready_timeout_s:.0f}s")
-        self.actors = []
-        for a in old_actors:  # their CPUs go to the new stages; the exported state stays
-            ray.kill(a)
+        ray.get([a.shutdown.remote() for a in old_actors], timeout=self.opts.ready_timeout_s)
         self._layers = costs  # later calibrations correct these
         self.spec = self.spec.resolve(new_plan.stages, new_plan.microbatches, keep_bounds=True)
         self._adopt(new_plan)
-        self._start_actors()
-        moved = ray.get([a.import_state.remote([ref for (a0, b0), ref in zip(before, exports, strict=True)
-                                                 if a0 < end and b0 > start])
-                         for a, (start, end) in zip(self.actors, self.partition, strict=True)],
-                        timeout=self.opts.ready_timeout_s)
+        # a stage on a node that already has one of ours takes that actor over (no new process);
+        # the others start on their (new) nodes
+        spare: dict[str, list[Any]] = {}
+        for node, actor in zip(old_nodes, old_actors, strict=True):
+            spare.setdefault(node, []).append(actor)
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= self.spec.num_stages else 0
+        spec_json = self.spec.model_dump_json()
+        self.actors, calls = [], []
+        for s, (start, end) in enumerate(self.partition):
+            refs = [ref for (a0, b0), ref in zip(before, exports, strict=True) if a0 < end and b0 > start]
+            node = self.stage_nodes[s]
+            if spare.get(node):
+                actor = spare[node].pop()
+                calls.append(actor.reconfigure.remote(spec_json, s, self.spec.num_stages, start, end,
+                                                      refs))
+            else:
+                actor = self._new_actor(s, NodeAffinitySchedulingStrategy(node, soft=False), gpus)
+                calls.append(actor.import_state.remote(refs))
+            self.actors.append(actor)
+        moved = ray.get(calls, timeout=self.opts.ready_timeout_s)
+        for left in spare.values():  # nodes the job leaves: their state has been taken
+            for actor in left:
+                ray.kill(actor)
+        self._orphans = []
+        self._connect()
         if digest is not None and self._digest() != digest:
             raise JobError(f"the state changed while moving from {before} to {list(self.partition)}")
         pause = time.time() - t0
@@ -515,12 +541,12 @@ class JobController:
         (self.output / "metrics.jsonl").unlink(missing_ok=True)
 
     def _teardown(self) -> None:
-        for a in self.actors:
+        for a in [*self.actors, *self._orphans]:
             try:
                 ray.kill(a)
             except Exception:  # already dead
                 logger.debug("actor already gone", exc_info=True)
-        self.actors = []
+        self.actors, self._orphans = [], []
         if self.pg is not None:
             try:
                 remove_placement_group(self.pg)

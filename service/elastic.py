@@ -9,10 +9,12 @@ pure function returning a frozen ``Decision`` with its reason; the controller ac
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from service.nodes import draining_node_ids
 from service.partition import InfeasibleError, LayerCost, Link, Slot
 from service.planner import JobPlan, plan_job
 
@@ -41,11 +43,7 @@ def observe() -> dict[str, NodeState]:
     """The node table now: every node Ray knows, with draining ones marked."""
     import ray
 
-    try:  # {node id hex: deadline ms}; Ray's own accessor (no public API in 2.60)
-        draining = set(ray._private.state.state.get_draining_nodes())
-    except Exception:  # an older GCS without the call: no drain notices
-        logger.debug("cannot read draining nodes", exc_info=True)
-        draining = set()
+    draining = draining_node_ids()
     out = {}
     for n in ray.nodes():
         node_id = str(n["NodeID"])
@@ -133,3 +131,31 @@ def decide(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], cu
         return Decision("stay", None, f"{shape} would give {gain:.3f}x, not worth a pause "
                                       f"(needs > {1 + min_gain:.2f}x)")
     return Decision("move", best, f"{len(slots)} slots usable: {shape}, predicted {gain:.2f}x")
+
+
+class DrainError(RuntimeError):
+    """A drain request Ray refused or could not take; the message is one line."""
+
+
+def drain_node(node_id: str, deadline_s: float | None = None,
+               message: str = "drained with pipewave") -> None:
+    """Ask Ray to drain ``node_id``: it takes no new work and running jobs move off it (pipewave
+    jobs see it as draining and move their stages before it goes). ``deadline_s``: when the node
+    will be gone (none: no deadline)."""
+    import ray
+    from ray.core.generated import autoscaler_pb2
+
+    try:
+        node = ray.NodeID.from_hex(node_id)
+    except ValueError:
+        raise DrainError(f"not a Ray node id: {node_id!r}") from None
+    known = {str(n["NodeID"]): bool(n.get("Alive")) for n in ray.nodes()}
+    if not known.get(node.hex()):
+        raise DrainError(f"no alive node {node_id} in this cluster")
+    deadline_ms = 0 if deadline_s is None else int((time.time() + deadline_s) * 1000)
+    # what `ray drain-node` does (Ray 2.60 has no public Python API for it)
+    gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)  # type: ignore[attr-defined]
+    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")  # type: ignore[attr-defined]
+    accepted, why = gcs.drain_node(node.hex(), reason, message, deadline_ms)
+    if not accepted:
+        raise DrainError(f"Ray refused to drain {node_id}: {why}")

@@ -44,12 +44,25 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def draining_node_ids() -> set[str]:
+    """Nodes Ray is draining (autoscaler scale-down, preemption notice, ``pipewave drain``)."""
+    import ray
+
+    try:  # {node id hex: deadline ms}; Ray's own accessor (no public API in 2.60)
+        return set(ray._private.state.state.get_draining_nodes())
+    except Exception:  # an older GCS without the call: no drain notices
+        logger.debug("cannot read draining nodes", exc_info=True)
+        return set()
+
+
 def cluster_nodes(probe_timeout_s: float = 30.0) -> list[NodeInfo]:
-    """The alive nodes with CPUs, each with its kind (see the module docstring)."""
+    """The alive, not draining nodes with CPUs, each with its kind (see the module docstring)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    leaving = draining_node_ids()
+    alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0
+             and str(n["NodeID"]) not in leaving]
     kinds: dict[str, str] = {}
     probes: dict[str, Any] = {}
     probe = ray.remote(num_cpus=0)(_cpu_model)
@@ -68,7 +81,11 @@ def cluster_nodes(probe_timeout_s: float = 30.0) -> list[NodeInfo]:
         ready, _ = ray.wait(list(probes.values()), num_returns=len(probes), timeout=probe_timeout_s)
         done = set(ready)
         for node_id, ref in probes.items():
-            kinds[node_id] = f"cpu:{ray.get(ref)}" if ref in done else "cpu:unknown"
+            try:
+                kinds[node_id] = f"cpu:{ray.get(ref)}" if ref in done else "cpu:unknown"
+            except Exception:  # the node went away meanwhile
+                logger.info("cannot probe node %s", node_id, exc_info=True)
+                kinds[node_id] = "cpu:unknown"
     out = []
     for n in alive:
         res = n.get("Resources", {})

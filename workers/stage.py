@@ -65,6 +65,12 @@ class StageWorker:
                  threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))
         keep_freed_memory()
+        self.device = _pick_device()
+        self.corpus: torch.Tensor | None = None
+        self._build(spec_json, stage, num_stages, start, end)
+
+    def _build(self, spec_json: str, stage: int, num_stages: int, start: int, end: int) -> None:
+        """Hold layers [start, end) as stage ``stage`` of ``num_stages`` (fresh weights)."""
         self.spec = JobSpec.model_validate_json(spec_json)
         self.stage, self.num_stages = stage, num_stages
         self.first, self.last = stage == 0, stage == num_stages - 1
@@ -73,7 +79,6 @@ class StageWorker:
             raise ValueError(f"stage {stage} of {num_stages} cannot hold layers [{start}, {end}) "
                              f"of a {n}-layer model")
         self.layer_range = (start, end)
-        self.device = _pick_device()
         layers = build_layers(self.spec.model, self.spec.seed, range(start, end))
         self.module = nn.Sequential(
             OrderedDict((str(i), layer) for i, layer in zip(range(start, end), layers, strict=True))
@@ -85,7 +90,8 @@ class StageWorker:
         o = self.spec.optimizer
         self.opt = OutOfPlaceOptimizer(o.kind, v0, lr=o.lr, betas=o.betas, eps=o.eps,
                                        weight_decay=o.weight_decay, momentum=o.momentum)
-        self.corpus = load_corpus(self.spec.data) if (self.first or self.last) else None
+        if (self.first or self.last) and self.corpus is None:
+            self.corpus = load_corpus(self.spec.data)
         self._batch: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.progress = Progress()
         self.act_shape = (self.spec.microbatch_size, self.spec.model.seq_len, self.spec.model.d_model)
@@ -156,6 +162,15 @@ class StageWorker:
         payloads = ray.get(refs)
         self._apply(merge_payloads(payloads, self.layer_range), "the previous stages")
         return sum(t.numel() * t.element_size() for p in payloads for t in p["model"].values())
+
+    def reconfigure(self, spec_json: str, stage: int, num_stages: int, start: int, end: int,
+                    refs: list[Any]) -> int:
+        """Become stage ``stage`` of ``num_stages`` holding layers [start, end), taking their
+        state from the exported payloads ``refs`` (this actor's own among them); the caller
+        connects the new stage group afterwards. Returns the bytes received."""
+        comm.close_group()
+        self._build(spec_json, stage, num_stages, start, end)
+        return self.import_state(refs)
 
     def _apply(self, merged: dict[str, Any], source: str) -> None:
         self.latest = int(merged["latest_version"])
