@@ -206,6 +206,32 @@ def plan(
         print(render_plan(chosen, spec, layer_names(spec.model)))
 
 
+@app.command()
+def drain(
+    node_id: Annotated[str, typer.Argument(help="the Ray node id (hex) to drain")],
+    address: Annotated[str, typer.Option(help="Ray cluster address (HOST:PORT or auto)")] = "auto",
+    deadline_s: Annotated[float | None, typer.Option(
+        min=0, help="seconds until the node goes away (none: no deadline)")] = None,
+) -> None:
+    """Drain a node: Ray schedules nothing new there and pipewave jobs move their stages off it
+    before it goes."""
+    from service.runtime import connect, disconnect
+
+    try:
+        connect(address)
+    except Exception as err:  # unreachable cluster, bad address
+        fail(f"cannot connect to Ray at {address}: {str(err).splitlines()[0] if str(err) else err}")
+    from service.elastic import DrainError, drain_node
+
+    try:
+        drain_node(node_id, deadline_s)
+    except DrainError as err:
+        fail(str(err))
+    finally:
+        disconnect()
+    print(f"draining {node_id}")
+
+
 def main() -> None:
     """Entry point: usage errors become one line on stderr with exit code 2."""
     try:

@@ -9,6 +9,7 @@ pure function returning a frozen ``Decision`` with its reason; the controller ac
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -145,10 +146,9 @@ def drain_node(node_id: str, deadline_s: float | None = None,
     import ray
     from ray.core.generated import autoscaler_pb2
 
-    try:
-        node = ray.NodeID.from_hex(node_id)
-    except ValueError:
-        raise DrainError(f"not a Ray node id: {node_id!r}") from None
+    if not re.fullmatch(r"[0-9a-fA-F]{56}", node_id):  # 28 bytes, as `ray list nodes` shows
+        raise DrainError(f"not a Ray node id (56 hex digits): {node_id!r}")
+    node = ray.NodeID.from_hex(node_id.lower())
     known = {str(n["NodeID"]): bool(n.get("Alive")) for n in ray.nodes()}
     if not known.get(node.hex()):
         raise DrainError(f"no alive node {node_id} in this cluster")
