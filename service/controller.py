@@ -95,6 +95,8 @@ class ControllerOptions:
     max_rebalances: int = 3
     verify_moves: bool = True  # digest the whole state before and after a live move
     elastic_run_steps: int = 4  # elastic jobs: runs this long, so a move waits at most one run
+    max_run_steps: int | None = None  # any job: at most this many steps per run (None: to the
+    # next checkpoint). Async schedules drain at every run's end: it is part of their numerics.
     watch_every_s: float = 1.0  # elastic jobs: how often the node table is read
     confirm: int = 3  # ... and how many identical observations make a change
     elastic_min_gain: float = 0.05  # grow only for more than this predicted gain
@@ -300,8 +302,10 @@ class JobController:
             end = min(end, (self.step_done // every + 1) * every)
         if self._calibrate_at is not None:
             end = min(end, self._calibrate_at)
-        if self.spec.elastic is not None:
-            end = min(end, self.step_done + self.opts.elastic_run_steps)
+        run_steps = self.opts.max_run_steps or (
+            self.opts.elastic_run_steps if self.spec.elastic is not None else None)
+        if run_steps:
+            end = min(end, self.step_done + run_steps)
         self._run_steps(self.step_done, end - self.step_done)
         if self.step_done == self._calibrate_at:
             self._calibrate_at = None

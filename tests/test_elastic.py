@@ -219,3 +219,41 @@ def test_drain_command(cluster: Any, workers: list[Any]) -> None:
         assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert "not a Ray node id" in lines[0] or "no alive node" in lines[0]
     assert ray.is_initialized()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "pipedream", "2bw"])
+def test_a_move_keeps_each_schedules_semantics(cluster: Any, workers: list[Any], make_spec,
+                                              schedule: str, tmp_path: Path) -> None:
+    """A live move at a run boundary (async stashes drained, every update applied) is exactly a
+    stop and a restart in the new layout: 2 stages grow to 3 at step k; the same job stopped at
+    step k on 2 stages and resumed from disk on 3 ends bitwise equal. (Its runs end where the
+    elastic job's do: an asynchronous schedule drains at each run's end.)"""
+    workers += add_workers(cluster, 2)
+    connect(cluster)
+    opts = options(tmp_path)
+    spec = make_spec(model=DEEP, schedule=schedule, stages="auto", microbatches=4, partition="auto",
+                     batch_size=16, steps=40, elastic={"min_stages": 1, "max_stages": 3})
+    live = JobController(spec, tmp_path / "live", opts)
+    while not live.state.is_terminal:
+        live.step()
+        if live.state is JobState.RUNNING and live.step_done >= 6 and len(workers) == 2:
+            workers += add_workers(cluster, 1)
+    assert live.summary().state == "SUCCEEDED", live.summary().reason
+    (move,) = [e.data for e in live.events if e.kind == "rebalance"]
+    k = move["step"]
+    assert len(move["before"]) == 2 and len(move["after"]) == 3 and 6 <= k < 40
+    # the same job in two parts: k steps on 2 stages, then a resume on 3 (from the checkpoint)
+    common = {"model": DEEP, "schedule": schedule, "microbatches": 4, "partition": "auto",
+              "batch_size": 16}
+    same_runs = ControllerOptions(**{**vars(opts), "max_run_steps": opts.elastic_run_steps})
+    first = JobController(make_spec(stages=2, steps=k, **common), tmp_path / "parts", same_runs)
+    assert first.run().state == "SUCCEEDED"
+    second = JobController(make_spec(stages=3, steps=40, **common), tmp_path / "parts",
+                           ControllerOptions(**{**vars(same_runs), "resume": True}))
+    assert second.run().state == "SUCCEEDED" and second.first_step == k
+    assert [list(b) for b in second.partition] == move["after"]
+    a, b = load_model_state(live.checkpoints[-1]), load_model_state(second.checkpoints[-1])
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [m.loss for m in live.metrics[k:]] == [m.loss for m in second.metrics]
