@@ -257,3 +257,46 @@ def test_a_move_keeps_each_schedules_semantics(cluster: Any, workers: list[Any],
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [m.loss for m in live.metrics[k:]] == [m.loss for m in second.metrics]
+
+
+def test_job_survives_a_node_dying_mid_step(cluster: Any, workers: list[Any], fixed_run,
+                                            make_spec, tmp_path: Path) -> None:
+    """3 nodes, 3 stages; the middle stage's node is killed in the middle of a run, no warning.
+    The job restarts on the 2 survivors from the state replicated after the last run (the dead
+    stage's copy is on another node), redoes the lost steps, and ends with every update applied
+    exactly once (the weights of the fixed run)."""
+    import threading
+    import time
+
+    workers += add_workers(cluster, 3)
+    connect(cluster)
+    ctl = JobController(elastic_spec(make_spec), tmp_path / "die", options(tmp_path))
+    killed: dict[str, Any] = {}
+
+    def kill_when_running() -> None:
+        while ctl.step_done < 10 or ctl.state is not JobState.RUNNING:
+            if ctl.state.is_terminal:
+                return
+            time.sleep(0.01)
+        time.sleep(0.05)  # inside the next run
+        node = next(n for n in workers if n.node_id == ctl.stage_nodes[1])
+        killed["node"], killed["at"] = node.node_id, ctl.step_done
+        cluster.remove_node(node, allow_graceful=False)
+
+    t = threading.Thread(target=kill_when_running, daemon=True)
+    t.start()
+    while not ctl.state.is_terminal:
+        ctl.step()
+    t.join(timeout=5)
+    summary = ctl.summary()
+    assert summary.state == "SUCCEEDED", summary.reason
+    assert killed and killed["node"] not in ctl.stage_nodes
+    (rec,) = [e.data for e in ctl.events if e.kind == "recovery"]
+    assert rec["from_replicas"] and rec["step"] >= killed["at"] - 2
+    assert 0 <= rec["steps_lost"] <= 2 * options(tmp_path).elastic_run_steps
+    states = [e.data["state"] for e in ctl.events if e.kind == "state"]
+    assert "RECOVERING" in states and summary.stages == 2
+    assert [m.step for m in ctl.metrics] == list(range(1, 81))
+    print(f"\nnode killed at step {killed['at']}: restarted at step {rec['step']}, "
+          f"{rec['steps_lost']} step(s) redone")
+    assert_same_weights(ctl, fixed_run)

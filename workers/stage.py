@@ -67,6 +67,7 @@ class StageWorker:
         keep_freed_memory()
         self.device = _pick_device()
         self.corpus: torch.Tensor | None = None
+        self.replicas: dict[tuple[int, int], dict[str, Any]] = {}  # (stage, step) -> payload
         self._build(spec_json, stage, num_stages, start, end)
 
     def _build(self, spec_json: str, stage: int, num_stages: int, start: int, end: int) -> None:
@@ -142,6 +143,24 @@ class StageWorker:
         p = Path(path)
         save_stage_file(p, self.state_payload())
         return {"stage": self.stage, "file": p.name, "bytes": p.stat().st_size}
+
+    def hold_replica(self, stage: int, step: int, refs: list[Any]) -> int:
+        """Keep a copy of stage ``stage``'s exported state at ``step`` in this process (pulled
+        from that stage's node): if its node dies, the job restarts from here. Returns bytes."""
+        import ray
+
+        (payload,) = ray.get(refs)
+        self.replicas[stage, step] = payload
+        for old in sorted(k for k in self.replicas if k[0] == stage)[:-2]:
+            del self.replicas[old]  # keep the two latest: the newer may be incomplete elsewhere
+        return sum(t.numel() * t.element_size() for t in payload["model"].values())
+
+    def has_replica(self, stage: int, step: int) -> bool:
+        return (stage, step) in self.replicas
+
+    def replica(self, stage: int, step: int) -> dict[str, Any]:
+        """The held copy of ``stage``'s state at ``step`` (into this node's object store)."""
+        return self.replicas[stage, step]
 
     def export_state(self) -> dict[str, Any]:
         """The payload, returned into this node's object store: a new stage pulls it directly
