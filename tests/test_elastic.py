@@ -300,3 +300,45 @@ def test_job_survives_a_node_dying_mid_step(cluster: Any, workers: list[Any], fi
     print(f"\nnode killed at step {killed['at']}: restarted at step {rec['step']}, "
           f"{rec['steps_lost']} step(s) redone")
     assert_same_weights(ctl, fixed_run)
+
+
+def test_job_waits_below_min_stages_until_a_node_returns(cluster: Any, workers: list[Any],
+                                                         fixed_run, make_spec, tmp_path: Path) -> None:
+    """min_stages 2 on 2 nodes; one dies: the job cannot run on 1 and waits (state WAITING)
+    instead of failing; a node joins; the job restarts on 2 stages and finishes, every update
+    applied once."""
+    import threading
+    import time
+
+    workers += add_workers(cluster, 2)
+    connect(cluster)
+    spec = make_spec(model=DEEP, stages="auto", microbatches=4, partition="auto", batch_size=16,
+                     steps=80, elastic={"min_stages": 2, "max_stages": 2, "wait_timeout_s": 120})
+    ctl = JobController(spec, tmp_path / "wait", options(tmp_path))
+
+    def kill() -> None:  # (a node is removed from a thread; added only from the main one)
+        while ctl.step_done < 10 or ctl.state is not JobState.RUNNING:
+            if ctl.state.is_terminal:
+                return
+            time.sleep(0.01)
+        time.sleep(0.05)
+        node = next(n for n in workers if n.node_id == ctl.stage_nodes[1])
+        cluster.remove_node(node, allow_graceful=False)
+
+    t = threading.Thread(target=kill, daemon=True)
+    t.start()
+    waits = 0
+    while not ctl.state.is_terminal:
+        ctl.step()
+        if ctl.state is JobState.WAITING:
+            waits += 1
+            if waits == 3:  # it keeps waiting; then a node returns
+                workers += add_workers(cluster, 1)
+    t.join(timeout=5)
+    summary = ctl.summary()
+    assert summary.state == "SUCCEEDED", summary.reason
+    assert waits >= 3
+    states = [e.data["state"] for e in ctl.events if e.kind == "state"]
+    assert "WAITING" in states and states[states.index("WAITING") + 1] == "RUNNING"
+    assert summary.stages == 2 and [m.step for m in ctl.metrics] == list(range(1, 81))
+    assert_same_weights(ctl, fixed_run)
