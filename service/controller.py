@@ -150,6 +150,7 @@ class JobController:
         self._restart_layout: list[tuple[int, int]] = []  # the old partition of those payloads
         self._waiting_since = 0.0
         self._excluded: set[str] = set()  # nodes a recovery saw die, before Ray marks them dead
+        self._requested = 0  # stage slots asked of the autoscaler (0: none)
         self._seen_step = 0  # the furthest step any stage reported (progress polls)
         self._cancel: str | None = None
         self._t_created = time.time()
@@ -236,6 +237,7 @@ class JobController:
         self.spec = req.resolve(jp.stages, jp.microbatches)
         self._adopt(jp)
         self._layers, self._slots, self._speeds = profile.layers, slots, profile.speeds
+        self._request_slots()
         self._emit("plan", f"planned {jp.stages} stages: {jp.reason}", plan=jp.to_dict())
 
     def _adopt(self, jp: JobPlan) -> None:
@@ -464,6 +466,8 @@ class JobController:
         except InfeasibleError:
             jp = None
         if jp is None:
+            self._slots = slots
+            self._request_slots()
             waited = time.time() - self._waiting_since
             if waited > e.wait_timeout_s:
                 raise JobError(f"waited {waited:.0f} s for {e.min_stages} stage slots; "
@@ -497,6 +501,7 @@ class JobController:
         self.moves += 1
         if self._watcher is not None:
             self._watcher.accept(usable_nodes(observe(), self.opts.cpus_per_stage))
+        self._request_slots()
         self._enter_running()
         self._transition(JobState.RUNNING, f"restarted at step {self.step_done} on "
                                            f"{self.spec.num_stages} stages {list(self.partition)}")
@@ -609,6 +614,7 @@ class JobController:
         self._figures_since = len(self.figures)
         if self._watcher is not None:
             self._watcher.accept(usable_nodes(observe(), self.opts.cpus_per_stage))
+        self._request_slots()
         self._enter_running()
         self._transition(JobState.RUNNING, f"partition {list(self.partition)}")
 
@@ -736,9 +742,36 @@ class JobController:
             self.pg = None
 
     # -- reporting -------------------------------------------------------------------------
+    def _request_slots(self) -> None:
+        """Elastic jobs: when the cluster offers fewer slots than ``elastic.max_stages``, ask
+        Ray's autoscaler for room for the whole job (a KubeRay cluster scales up; the joining
+        nodes are then picked up by the watcher). Withdrawn when the job ends. Ray keeps one
+        request per cluster: the latest caller's."""
+        e = self.spec.elastic
+        if e is None:
+            return
+        want = e.max_stages if len(self._slots) < e.max_stages else 0
+        if want == self._requested:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        bundle: dict[str, float] = {"CPU": self.opts.cpus_per_stage}
+        request_resources(bundles=[bundle] * want)
+        self._requested = want
+        self._emit("info", f"asked the autoscaler for room for {want} stages" if want
+                   else "withdrew the autoscaler request", bundles=want)
+
     def _transition(self, new: JobState, reason: str) -> None:
         logger.info("job %s: %s -> %s (%s)", self.spec.name, self.state.value, new.value, reason)
         self.state, self.reason = new, reason
+        if new.is_terminal and self._requested:
+            try:
+                from ray.autoscaler.sdk import request_resources
+
+                request_resources(bundles=[])
+                self._requested = 0
+            except Exception:  # the cluster is gone: nothing to withdraw
+                logger.debug("cannot withdraw the autoscaler request", exc_info=True)
         self._emit("state", f"{new.value}: {reason}", state=new.value)
 
     def _emit(self, kind: str, message: str, **data: Any) -> None:

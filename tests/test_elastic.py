@@ -136,9 +136,10 @@ def test_job_grows_as_nodes_join(cluster: Any, workers: list[Any], fixed_run, ma
     workers += add_workers(cluster, 2)
     connect(cluster)
     ctl = JobController(elastic_spec(make_spec), tmp_path / "elastic", options(tmp_path))
-    joined = 0
+    joined, requests = 0, []
     while not ctl.state.is_terminal:
         ctl.step()
+        requests.append(autoscaler_request())
         if ctl.state is JobState.RUNNING and joined < 2 and ctl.step_done >= 10 + 30 * joined \
                 and ctl.spec.num_stages == 2 + joined:
             workers += add_workers(cluster, 1)
@@ -153,6 +154,21 @@ def test_job_grows_as_nodes_join(cluster: Any, workers: list[Any], fixed_run, ma
     for m in moves:
         print(f"\nmove at step {m['step']}: {m['before']} -> {m['after']} in {m['pause_s']:.2f} s")
     assert_same_weights(ctl, fixed_run)
+    # 2 slots for up to 4 stages: the autoscaler was asked for room for 4 (a KubeRay cluster
+    # would add the nodes); with 4 slots the request was withdrawn
+    assert requests[0] == [{"CPU": 1.0}] * 4 and requests[-1] == []
+    assert any(e.message.startswith("withdrew the autoscaler request") for e in ctl.events)
+
+
+def autoscaler_request() -> list[dict[str, float]] | None:
+    """What the cluster's autoscaler is asked to make room for (Ray's own KV entry)."""
+    import json
+
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(raw) if raw else None
 
 
 def test_drained_node_is_left_before_it_goes(cluster: Any, workers: list[Any], fixed_run,
