@@ -151,6 +151,7 @@ class JobController:
         self._waiting_since = 0.0
         self._excluded: set[str] = set()  # nodes a recovery saw die, before Ray marks them dead
         self._requested = 0  # stage slots asked of the autoscaler (0: none)
+        self._prestarted: dict[int, Any] = {}  # stage of the decided move -> its new actor
         self._seen_step = 0  # the furthest step any stage reported (progress polls)
         self._cancel: str | None = None
         self._t_created = time.time()
@@ -278,15 +279,18 @@ class JobController:
         self.actors = [self._new_actor(s, strategies[s], gpus) for s in range(S)]
         self._connect()
 
-    def _new_actor(self, s: int, strategy: Any, gpus: int) -> Any:
-        """Stage ``s`` of the current partition in a new actor (fresh weights)."""
-        S = self.spec.num_stages
+    def _new_actor(self, s: int, strategy: Any, gpus: int, spec: JobSpec | None = None,
+                   partition: Partition | None = None) -> Any:
+        """Stage ``s`` of the current partition (or of ``partition`` of the resolved ``spec``)
+        in a new actor (fresh weights)."""
+        spec, partition = spec or self.spec, partition or self.partition
+        S = spec.num_stages
         cls = ray.remote(concurrency_groups={"control": 2})(StageWorker)  # type: ignore[call-overload]
         threads = self.opts.threads_per_stage or max(1, (os.cpu_count() or 1) // S)
-        start, end = self.partition[s]
+        start, end = partition[s]
         return cls.options(num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
                            scheduling_strategy=strategy).remote(
-            self.spec.model_dump_json(), s, S, start, end, threads)
+            spec.model_dump_json(), s, S, start, end, threads)
 
     def _connect(self) -> None:
         """Form the stages' point-to-point group (after every start or move)."""
@@ -335,7 +339,8 @@ class JobController:
             if self._calibrate():
                 self._transition(JobState.REBALANCING, self.rebalances[-1].reason)
                 return
-        if self._change is not None and self.step_done < self.spec.steps and self._react():
+        if (self._change is not None or self._move is not None) and self.step_done < self.spec.steps \
+                and self._react():
             assert self._move is not None
             self._transition(JobState.REBALANCING, self._move[2])
             return
@@ -433,6 +438,7 @@ class JobController:
             if len(ready) < len(sources):
                 missing, sources = "the surviving copies did not arrive within 60 s", None
         lost = max(self._seen_step, self.step_done) - step
+        self._move, self._change = None, None  # (a move decided before the failure is moot)
         self._teardown()
         if sources is not None:
             self._restart_from, self._restart_layout = (step, sources), list(self.partition)
@@ -533,9 +539,18 @@ class JobController:
         if change is not None:
             self._change = change
             self._emit("membership", f"{len(change)} usable node(s) now", nodes=sorted(change))
+            if self._move is None and not self._prestarted:
+                self._decide_move()
 
     def _react(self) -> bool:
         """Decide what the confirmed membership change means for the job; True: move."""
+        if self._move is None:
+            self._decide_move()
+        return self._move is not None
+
+    def _decide_move(self) -> None:
+        """At once when a change is confirmed (during a run): decide, and start the actors a
+        move needs on nodes the job does not use yet, so they are ready when the run ends."""
         assert self.spec.elastic is not None and self.job_plan is not None
         change, self._change = self._change, None
         assert change is not None
@@ -547,10 +562,17 @@ class JobController:
         logger.info("job %s membership change: %s (%s)", self.spec.name, d.action, d.reason)
         self._emit("elastic", f"{d.action}: {d.reason}", action=d.action)
         if d.action != "move" or d.plan is None:
-            return False
+            return
         self._slots = slots
         self._move = (d.plan, self._layers, d.reason)
-        return True
+        spec = self.spec.resolve(d.plan.stages, d.plan.microbatches, keep_bounds=True)
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= spec.num_stages else 0
+        used = set(self.stage_nodes)
+        for s, sp in enumerate(d.plan.plan.stages):
+            if sp.node_id not in used:  # (nodes we use keep their actors: reconfigured in place)
+                self._prestarted[s] = self._new_actor(
+                    s, NodeAffinitySchedulingStrategy(sp.node_id, soft=False), gpus, spec,
+                    d.plan.plan.partition)
 
     def _on_rebalancing(self) -> None:
         """Move the drained pipeline to the new partition, live: every stage exports its state
@@ -591,14 +613,15 @@ class JobController:
                 calls.append(actor.reconfigure.remote(spec_json, s, self.spec.num_stages, start, end,
                                                       refs))
             else:
-                actor = self._new_actor(s, NodeAffinitySchedulingStrategy(node, soft=False), gpus)
+                actor = self._prestarted.pop(s, None) or self._new_actor(
+                    s, NodeAffinitySchedulingStrategy(node, soft=False), gpus)
                 calls.append(actor.import_state.remote(refs))
             self.actors.append(actor)
         moved = ray.get(calls, timeout=self.opts.ready_timeout_s)
-        for left in spare.values():  # nodes the job leaves: their state has been taken
-            for actor in left:
+        for left in [*spare.values(), list(self._prestarted.values())]:
+            for actor in left:  # nodes the job leaves (their state has been taken), spares
                 ray.kill(actor)
-        self._orphans = []
+        self._orphans, self._prestarted = [], {}
         self._connect()
         if digest is not None and self._digest() != digest:
             raise JobError(f"the state changed while moving from {before} to {list(self.partition)}")
@@ -728,12 +751,12 @@ class JobController:
         (self.output / "metrics.jsonl").unlink(missing_ok=True)
 
     def _teardown(self) -> None:
-        for a in [*self.actors, *self._orphans]:
+        for a in [*self.actors, *self._orphans, *self._prestarted.values()]:
             try:
                 ray.kill(a)
             except Exception:  # already dead
                 logger.debug("actor already gone", exc_info=True)
-        self.actors, self._orphans = [], []
+        self.actors, self._orphans, self._prestarted = [], [], {}
         if self.pg is not None:
             try:
                 remove_placement_group(self.pg)
