@@ -1,18 +1,11 @@
 """Elasticity benchmark: the pause of a graceful 2 -> 3 stage move and the recovery from a node death.
 
-The workload is ``examples/gpt-small.yaml``'s GPT (elastic, ``stages: auto``, ``partition: auto``,
-8 microbatches, no checkpoints) on a multi-node Ray cluster on this machine
-(``ray.cluster_utils.Cluster``: a head without CPUs, worker nodes of 1 CPU each, one stage slot per
-node). Each round runs two jobs:
+``examples/gpt-small.yaml``'s GPT (elastic, stages and partition auto) on a ``ray.cluster_utils.Cluster``
+on this machine (a head without CPUs, worker nodes of 1 CPU: one stage slot each). Per round, a join
+job (2 nodes, a 3rd joins after step 6: the move's ``pause_s``) and a failure job (3 nodes, stage 1's
+node killed after step 10: seconds from the kill until RUNNING again, and the steps lost).
 
-- join: 2 workers; once 6 steps are done a 3rd joins; the job moves to 3 stages live. Figure: the
-  move's pause (the controller's ``rebalance`` event, ``pause_s``);
-- failure: 3 workers, 3 stages; after step 10 the node of stage 1 is killed without warning.
-  Figures: seconds from the kill until the job is RUNNING again, and the steps lost.
-
-    .venv/bin/python benchmarks/elastic.py
-
-See ``benchmarks/README.md``.
+    .venv/bin/python benchmarks/elastic.py      # see benchmarks/README.md
 """
 
 from __future__ import annotations
@@ -64,16 +57,11 @@ def add_workers(cluster: Any, n: int) -> list[Any]:
 
 
 def remove_workers(cluster: Any, nodes: list[Any], timeout_s: float = 90.0) -> None:
-    """Remove the round's nodes still there; wait until Ray sees no alive worker node (a killed
-    node must not be planned on by the next job)."""
+    """Remove the round's nodes; wait until Ray sees no alive worker (the next job must not plan on one)."""
     import ray
 
-    for node in nodes:
-        if node in cluster.worker_nodes:
-            try:
-                cluster.remove_node(node)
-            except Exception:  # already gone
-                cluster.worker_nodes.discard(node)
+    for node in [n for n in nodes if n in cluster.worker_nodes]:  # (a killed node is no longer)
+        cluster.remove_node(node)
     head = cluster.head_node.node_id
     deadline = time.time() + timeout_s
     while time.time() < deadline and any(n["Alive"] and n["NodeID"] != head for n in ray.nodes()):
@@ -84,9 +72,8 @@ def job(a: argparse.Namespace, kind: str, r: int, out: Path, profiles: Path) -> 
     from service.controller import ControllerOptions, JobController
     from service.spec import load_spec
 
-    elastic: dict[str, Any] = {"min_stages": 1, "max_stages": 3}
-    if kind == "join":
-        elastic["wait_timeout_s"] = 120
+    elastic: dict[str, Any] = {"min_stages": 1, "max_stages": 3} | (
+        {"wait_timeout_s": 120} if kind == "join" else {})
     spec = load_spec(SPEC_FILE, overrides={
         "name": f"bench-elastic-{kind}-{r}", "schedule": a.schedule, "stages": "auto",
         "microbatches": 8, "partition": "auto", "steps": a.steps,
@@ -96,43 +83,22 @@ def job(a: argparse.Namespace, kind: str, r: int, out: Path, profiles: Path) -> 
     return JobController(spec, out, opts)
 
 
-def finish(ctl: Any, res: dict[str, Any], a: argparse.Namespace) -> dict[str, Any]:
-    s = ctl.summary()
-    res.update(state=s.state, final_stages=s.stages, final_partition=s.partition,
-               every_step_once=[m.step for m in ctl.metrics] == list(range(1, a.steps + 1)),
-               events=[{"t": e.time, "kind": e.kind, "message": e.message} for e in ctl.events
-                       if e.kind in ("state", "rebalance", "recovery", "membership", "elastic")])
-    if s.state != "SUCCEEDED":
-        res["error"] = f"{s.state}: {s.reason}"
-    return res
-
-
-def join_round(cluster: Any, a: argparse.Namespace, r: int, tmp: Path) -> dict[str, Any]:
-    from service.controller import JobState
-
+def run_round(kind: str, cluster: Any, a: argparse.Namespace, r: int, tmp: Path) -> dict[str, Any]:
+    """One job (``join`` or ``failure``) on worker nodes of its own; its raw figures."""
     nodes: list[Any] = []
     res: dict[str, Any] = {}
     try:
-        nodes += add_workers(cluster, 2)
-        ctl = job(a, "join", r, tmp / f"join-{r}", tmp / "profiles")
-        joined_at = 0.0
-        while not ctl.state.is_terminal:
-            ctl.step()
-            if not joined_at and ctl.state is JobState.RUNNING and ctl.step_done >= JOIN_AT:
-                res.update(stages_before_join=ctl.spec.num_stages, join_step=ctl.step_done)
-                nodes += add_workers(cluster, 1)
-                joined_at = time.time()
-        moves = [e for e in ctl.events if e.kind == "rebalance"]
-        res["moves"] = [{**e.data, "t": e.time} for e in moves]
-        grow = [e for e in moves if len(e.data["before"]) == 2 and len(e.data["after"]) == 3]
-        if grow:
-            m = grow[0]
-            res.update(pause_s=m.data["pause_s"], move_step=m.data["step"],
-                       bytes_moved=m.data["bytes_moved"], verified=m.data["verified"],
-                       join_to_moved_s=m.time - joined_at)
-        finish(ctl, res, a)
-        if not grow:
-            res.setdefault("error", f"no 2 -> 3 stage move (moves: {res['moves']})")
+        nodes += add_workers(cluster, 2 if kind == "join" else 3)
+        ctl = job(a, kind, r, tmp / f"{kind}-{r}", tmp / "profiles")
+        (drive_join if kind == "join" else drive_failure)(ctl, cluster, nodes, res)
+        s = ctl.summary()
+        res.update(state=s.state, final_stages=s.stages, final_partition=s.partition,
+                   every_step_once=[m.step for m in ctl.metrics] == list(range(1, a.steps + 1)),
+                   events=[{"t": e.time, "kind": e.kind, "message": e.message} for e in ctl.events
+                           if e.kind in ("state", "rebalance", "recovery", "membership", "elastic",
+                                         "info")])
+        if s.state != "SUCCEEDED":
+            res["error"] = f"{s.state}: {s.reason}"
     except Exception as err:
         res["error"] = f"{type(err).__name__}: {err}"
     finally:
@@ -140,61 +106,72 @@ def join_round(cluster: Any, a: argparse.Namespace, r: int, tmp: Path) -> dict[s
     return res
 
 
-def failure_round(cluster: Any, a: argparse.Namespace, r: int, tmp: Path) -> dict[str, Any]:
+def drive_join(ctl: Any, cluster: Any, nodes: list[Any], res: dict[str, Any]) -> None:
     from service.controller import JobState
 
-    nodes: list[Any] = []
-    res: dict[str, Any] = {}
+    joined_at = 0.0
+    while not ctl.state.is_terminal:
+        ctl.step()
+        if not joined_at and ctl.state is JobState.RUNNING and ctl.step_done >= JOIN_AT:
+            res.update(stages_before_join=ctl.spec.num_stages, join_step=ctl.step_done)
+            nodes += add_workers(cluster, 1)
+            joined_at = time.time()
+    moves = [e for e in ctl.events if e.kind == "rebalance"]
+    res["moves"] = [{**e.data, "t": e.time} for e in moves]
+    grow = [e for e in moves if len(e.data["before"]) == 2 and len(e.data["after"]) == 3]
+    if not grow:
+        res["error"] = f"no 2 -> 3 stage move (moves: {res['moves']})"
+        return
+    m = grow[0]
+    res.update(pause_s=m.data["pause_s"], move_step=m.data["step"], bytes_moved=m.data["bytes_moved"],
+               verified=m.data["verified"], join_to_moved_s=m.time - joined_at)
+
+
+def drive_failure(ctl: Any, cluster: Any, nodes: list[Any], res: dict[str, Any]) -> None:
+    import ray
+
+    from service.controller import JobState
+
     killed: dict[str, Any] = {}
-    try:
-        nodes += add_workers(cluster, 3)
-        ctl = job(a, "failure", r, tmp / f"failure-{r}", tmp / "profiles")
 
-        def kill_when_running() -> None:
-            while ctl.step_done < KILL_AT or ctl.state is not JobState.RUNNING:
-                if ctl.state.is_terminal:
-                    return
-                time.sleep(0.01)
-            time.sleep(0.05)  # inside the next run
-            stage_nodes = list(ctl.stage_nodes)
-            node = next((n for n in nodes if len(stage_nodes) > 1 and n.node_id == stage_nodes[1]),
-                        None)
-            if node is None:
-                killed["error"] = f"no worker node holds stage 1 (stage nodes {stage_nodes})"
+    def kill_when_running() -> None:
+        while ctl.step_done < KILL_AT or ctl.state is not JobState.RUNNING:
+            if ctl.state.is_terminal:
                 return
-            killed.update(node=node.node_id, step=ctl.step_done, stages=len(stage_nodes),
-                          at=time.time())
-            cluster.remove_node(node, allow_graceful=False)
-            killed["remove_node_s"] = time.time() - killed["at"]
+            time.sleep(0.01)
+        time.sleep(0.05)  # inside the next run
+        stage_nodes = list(ctl.stage_nodes)
+        node = next((n for n in nodes if stage_nodes[1:2] == [n.node_id]), None)
+        if node is None:
+            killed["error"] = f"no worker node holds stage 1 (stage nodes {stage_nodes})"
+            return
+        killed.update(node=node.node_id, step=ctl.step_done, stages=len(stage_nodes), at=time.time())
+        cluster.remove_node(node, allow_graceful=False)
+        killed["remove_node_s"] = time.time() - killed["at"]
+        while time.time() - killed["at"] < 60 and any(  # (a diagnostic: when Ray notices)
+                n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes()):
+            time.sleep(0.2)
+        killed["ray_dead_s"] = time.time() - killed["at"]
 
-        t = threading.Thread(target=kill_when_running, daemon=True)
-        t.start()
-        while not ctl.state.is_terminal:
-            ctl.step()
-        t.join(timeout=60)
-        res.update({f"killed_{k}": v for k, v in killed.items() if k != "error"})
-        finish(ctl, res, a)
-        if "at" not in killed:
-            res.setdefault("error", killed.get("error", "the job ended before the kill"))
-            return res
-        states = [(e.time, e.data["state"]) for e in ctl.events
-                  if e.kind == "state" and e.time >= killed["at"]]
-        t_rec = next((tt for tt, st in states if st == "RECOVERING"), None)
-        t_run = next((tt for tt, st in states if st == "RUNNING" and t_rec is not None and tt >= t_rec),
-                     None)
-        recs = [e.data for e in ctl.events if e.kind == "recovery"]
-        if t_rec is None or t_run is None or not recs:
-            res.setdefault("error", "no RECOVERING -> RUNNING after the kill")
-            return res
-        res.update(recover_s=t_run - killed["at"], detect_s=t_rec - killed["at"],
-                   restart_s=t_run - t_rec, steps_lost=recs[0]["steps_lost"],
-                   from_replicas=recs[0]["from_replicas"], restart_step=recs[0]["step"],
-                   recoveries=len(recs))
-    except Exception as err:
-        res["error"] = f"{type(err).__name__}: {err}"
-    finally:
-        remove_workers(cluster, nodes)
-    return res
+    t = threading.Thread(target=kill_when_running, daemon=True)
+    t.start()
+    while not ctl.state.is_terminal:
+        ctl.step()
+    t.join(timeout=60)
+    res.update({f"killed_{k}": v for k, v in killed.items() if k != "error"})
+    if "at" not in killed:
+        res["error"] = killed.get("error", "the job ended before the kill")
+        return
+    states = [(e.time, e.data["state"]) for e in ctl.events if e.kind == "state" and e.time >= killed["at"]]
+    t_rec = next((tt for tt, st in states if st == "RECOVERING"), None)
+    t_run = next((tt for tt, st in states if st == "RUNNING" and t_rec is not None and tt >= t_rec), None)
+    recs = [e.data for e in ctl.events if e.kind == "recovery"]
+    if t_rec is None or t_run is None or not recs:
+        res["error"] = "no RECOVERING -> RUNNING after the kill"
+        return
+    res.update(recover_s=t_run - killed["at"], detect_s=t_rec - killed["at"], restart_s=t_run - t_rec,
+               steps_lost=recs[0]["steps_lost"], from_replicas=recs[0]["from_replicas"],
+               restart_step=recs[0]["step"], recoveries=len(recs))
 
 
 FIGURES = (("join", "pause_s", "graceful pause, 2 -> 3 stages (s)"),
@@ -202,6 +179,7 @@ FIGURES = (("join", "pause_s", "graceful pause, 2 -> 3 stages (s)"),
            ("failure", "recover_s", "node killed -> RUNNING again (s)"),
            ("failure", "detect_s", "... of which kill -> RECOVERING (s)"),
            ("failure", "restart_s", "... of which RECOVERING -> RUNNING (s)"),
+           ("failure", "killed_ray_dead_s", "(node killed -> Ray marks it dead (s))"),
            ("failure", "steps_lost", "steps lost"))
 
 
@@ -285,12 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
         with tempfile.TemporaryDirectory(prefix="pipewave-bench-elastic-") as tmp:
             for r in range(a.rounds):
-                j = join_round(cluster, a, r, Path(tmp))
+                j = run_round("join", cluster, a, r, Path(tmp))
                 runs["join"].append(j)
                 print(f"round {r + 1} join: " + (f"FAILED {j['error']}" if "error" in j else
                       f"pause {j['pause_s']:.2f} s at step {j['move_step']}, "
                       f"{j['join_to_moved_s']:.1f} s after the join"), flush=True)
-                f = failure_round(cluster, a, r, Path(tmp))
+                f = run_round("failure", cluster, a, r, Path(tmp))
                 runs["failure"].append(f)
                 print(f"round {r + 1} failure: " + (f"FAILED {f['error']}" if "error" in f else
                       f"recovered in {f['recover_s']:.2f} s (detect {f['detect_s']:.2f} s), "

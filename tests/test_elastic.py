@@ -358,3 +358,41 @@ def test_job_waits_below_min_stages_until_a_node_returns(cluster: Any, workers: 
     assert "WAITING" in states and states[states.index("WAITING") + 1] == "RUNNING"
     assert summary.stages == 2 and [m.step for m in ctl.metrics] == list(range(1, 81))
     assert_same_weights(ctl, fixed_run)
+
+
+def test_both_copies_lost_falls_back_to_the_checkpoint(cluster: Any, workers: list[Any],
+                                                       fixed_run, make_spec, tmp_path: Path) -> None:
+    """A stage's node and the node holding its copy die together: no complete copy survives,
+    so the job restarts from its last checkpoint on the node left, redoes the steps since,
+    reports them, and still ends with every update applied once."""
+    import threading
+    import time
+
+    workers += add_workers(cluster, 3)
+    connect(cluster)
+    ctl = JobController(elastic_spec(make_spec, checkpoint={"every_steps": 8}), tmp_path / "both",
+                        options(tmp_path))
+    killed: dict[str, Any] = {}
+
+    def kill_two() -> None:
+        while ctl.step_done < 12 or ctl.state is not JobState.RUNNING:
+            if ctl.state.is_terminal:
+                return
+            time.sleep(0.01)
+        time.sleep(0.05)
+        gone = [next(n for n in workers if n.node_id == ctl.stage_nodes[s]) for s in (1, 2)]
+        killed["at"] = ctl.step_done
+        for node in gone:
+            cluster.remove_node(node, allow_graceful=False)
+
+    t = threading.Thread(target=kill_two, daemon=True)
+    t.start()
+    while not ctl.state.is_terminal:
+        ctl.step()
+    t.join(timeout=5)
+    summary = ctl.summary()
+    assert summary.state == "SUCCEEDED", summary.reason
+    (rec,) = [e.data for e in ctl.events if e.kind == "recovery"]
+    assert not rec["from_replicas"] and rec["step"] == 8 and rec["steps_lost"] >= killed["at"] - 8
+    assert summary.stages == 1 and [m.step for m in ctl.metrics] == list(range(1, 81))
+    assert_same_weights(ctl, fixed_run)
