@@ -406,33 +406,44 @@ class JobController:
         its own export if its node lives, else the copy its holder keeps; stop the old stages;
         restart on the nodes left (or wait for nodes). Without a full set of copies, the latest
         checkpoint."""
-        if self._pending is not None and _all_ok(self._replicating, timeout=2.0):
-            self._snapshot = self._pending  # the newest round's copies had all arrived
-        step, refs, nodes, holders = self._snapshot or (0, [], list(self.stage_nodes), [])
         # a node is gone if Ray says so, or if one of our stages on it died (Ray's node health
         # check may take many seconds to notice a lost node; the stage's death shows at once)
         alive = {n for n, st in observe().items() if st.alive}
-        for node, actor in zip(self.stage_nodes, self.actors, strict=True):
+        pings = [a.get_progress.options(concurrency_group="control").remote() for a in self.actors]
+        for node, ping in zip(self.stage_nodes, pings, strict=True):
             try:
-                ray.get(actor.get_progress.options(concurrency_group="control").remote(), timeout=5)
+                ray.get(ping, timeout=5)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 alive.discard(node)
         self._excluded = set(self.stage_nodes) - alive
+        # the newest round every stage can be restored from: its own export where its node
+        # lives, else the copy its holder keeps (a round need not have finished everywhere)
         found: list[Any] = []
-        missing = "" if refs else "no copy of the state was complete yet"
-        for s in range(len(refs)):
-            h = holders[s]
-            if nodes[s] in alive:
-                found.append(refs[s])  # (the primary copy: still in that node's store)
+        step, missing = 0, "no copy of the state was made yet"
+        for snap in (self._pending, self._snapshot):
+            if snap is None:
                 continue
-            held = nodes[h] in alive and ray.get(self.actors[h].has_replica.options(
-                concurrency_group="control").remote(s, step), timeout=30)
-            if not held:
-                missing = (f"stage {s}'s node is gone and its holder (stage {h}) "
-                           f"{'is gone too' if nodes[h] not in alive else f'lacks step {step}'}")
+            step, refs, nodes, holders = snap
+            found, missing = [], ""
+            for s in range(len(refs)):
+                h = holders[s]
+                if nodes[s] in alive:
+                    found.append(refs[s])  # (the primary copy: still in that node's store)
+                    continue
+                try:
+                    held = nodes[h] in alive and ray.get(self.actors[h].has_replica.options(
+                        concurrency_group="control").remote(s, step), timeout=10)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    held = False
+                if not held:
+                    missing = (f"stage {s}'s node is gone and its holder (stage {h}) "
+                               f"{'is gone too' if nodes[h] not in alive else f'lacks step {step}'}")
+                    break
+                found.append(self.actors[h].replica.options(
+                    concurrency_group="control").remote(s, step))
+            if len(found) == len(refs):
                 break
-            found.append(self.actors[h].replica.options(concurrency_group="control").remote(s, step))
-        sources: list[Any] | None = found if refs and len(found) == len(refs) else None
+        sources: list[Any] | None = found if found and not missing else None
         if sources is not None:
             ready, _ = ray.wait(sources, num_returns=len(sources), timeout=60, fetch_local=False)
             if len(ready) < len(sources):
@@ -459,7 +470,7 @@ class JobController:
     def _on_waiting(self) -> None:
         """Start again once the usable nodes offer ``elastic.min_stages`` slots (or time out)."""
         assert self.spec.elastic is not None
-        nodes = [n for n in cluster_nodes() if n.node_id not in self._excluded]
+        nodes = cluster_nodes(exclude=self._excluded)
         slots = slots_of(nodes, self._speeds, self.opts.cpus_per_stage, self.opts.memory_fraction)
         e = self.spec.elastic
         try:

@@ -55,12 +55,13 @@ def draining_node_ids() -> set[str]:
         return set()
 
 
-def cluster_nodes(probe_timeout_s: float = 30.0) -> list[NodeInfo]:
-    """The alive, not draining nodes with CPUs, each with its kind (see the module docstring)."""
+def cluster_nodes(probe_timeout_s: float = 30.0, exclude: set[str] | None = None) -> list[NodeInfo]:
+    """The alive, not draining nodes with CPUs, each with its kind (see the module docstring);
+    ``exclude``: nodes known to be gone that Ray may not have marked dead yet (never probed)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    leaving = draining_node_ids()
+    leaving = draining_node_ids() | set(exclude or ())
     alive = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0
              and str(n["NodeID"]) not in leaving]
     kinds: dict[str, str] = {}
