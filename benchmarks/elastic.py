@@ -18,7 +18,6 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 import argparse
 import json
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -28,25 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import loadavg, the_command  # (benchmarks/ is on sys.path when run as a script)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SPEC_FILE = REPO / "examples" / "gpt-small.yaml"
 TARGET_PAUSE_S = 2.0
 JOIN_AT, KILL_AT = 6, 10  # steps done before the 3rd node joins / before the node is killed
-
-
-def the_command() -> str:
-    exe, script = Path(sys.executable), Path(sys.argv[0]).resolve()
-    shown = str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)  # keep the venv's
-    script_shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else sys.argv[0]
-    return shlex.join([shown, script_shown, *sys.argv[1:]])
-
-
-def loadavg() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def add_workers(cluster: Any, n: int) -> list[Any]:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -27,6 +26,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from common import loadavg, the_command  # (benchmarks/ is on sys.path when run as a script)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -38,20 +39,6 @@ SHARING_NOTE = (
     "throughput = total work / cores) and the bottleneck ratio (stages waiting on their "
     "neighbours leave cores idle); the CPU-seconds balance shows what each stage would cost on a "
     "dedicated core.")
-
-
-def the_command() -> str:
-    exe, script = Path(sys.executable), Path(sys.argv[0]).resolve()
-    shown = str(exe.relative_to(REPO)) if exe.is_relative_to(REPO) else str(exe)  # keep the venv's
-    script_shown = str(script.relative_to(REPO)) if script.is_relative_to(REPO) else sys.argv[0]
-    return shlex.join([shown, script_shown, *sys.argv[1:]])
-
-
-def loadavg() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def ratio(xs: list[float]) -> float:

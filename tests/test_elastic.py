@@ -128,6 +128,37 @@ def options(tmp_path: Path, **kw: Any) -> ControllerOptions:
                              **kw)
 
 
+def run_killing(cluster: Any, workers: list[Any], ctl: JobController, at_step: int,
+                stages: tuple[int, ...], on_step: Any = None) -> dict[str, Any]:
+    """Run ``ctl`` to its end; from a thread, once ``at_step`` steps are done and the next run is
+    under way, kill the nodes of ``stages`` with no warning (Ray adds nodes only from the main
+    thread: ``on_step`` runs there after every step). Returns the killed nodes and the step."""
+    import threading
+    import time
+
+    killed: dict[str, Any] = {}
+
+    def kill() -> None:
+        while ctl.step_done < at_step or ctl.state is not JobState.RUNNING:
+            if ctl.state.is_terminal:
+                return
+            time.sleep(0.01)
+        time.sleep(0.05)  # inside the next run
+        gone = [next(n for n in workers if n.node_id == ctl.stage_nodes[s]) for s in stages]
+        killed["nodes"], killed["at"] = [n.node_id for n in gone], ctl.step_done
+        for node in gone:
+            cluster.remove_node(node, allow_graceful=False)
+
+    t = threading.Thread(target=kill, daemon=True)
+    t.start()
+    while not ctl.state.is_terminal:
+        ctl.step()
+        if on_step is not None:
+            on_step()
+    t.join(timeout=5)
+    return killed
+
+
 def test_job_grows_as_nodes_join(cluster: Any, workers: list[Any], fixed_run, make_spec,
                                  tmp_path: Path) -> None:
     """2 nodes, then a 3rd, then a 4th join: the job moves to 3 and then 4 stages, live, the
@@ -281,32 +312,13 @@ def test_job_survives_a_node_dying_mid_step(cluster: Any, workers: list[Any], fi
     The job restarts on the 2 survivors from the state replicated after the last run (the dead
     stage's copy is on another node), redoes the lost steps, and ends with every update applied
     exactly once (the weights of the fixed run)."""
-    import threading
-    import time
-
     workers += add_workers(cluster, 3)
     connect(cluster)
     ctl = JobController(elastic_spec(make_spec), tmp_path / "die", options(tmp_path))
-    killed: dict[str, Any] = {}
-
-    def kill_when_running() -> None:
-        while ctl.step_done < 10 or ctl.state is not JobState.RUNNING:
-            if ctl.state.is_terminal:
-                return
-            time.sleep(0.01)
-        time.sleep(0.05)  # inside the next run
-        node = next(n for n in workers if n.node_id == ctl.stage_nodes[1])
-        killed["node"], killed["at"] = node.node_id, ctl.step_done
-        cluster.remove_node(node, allow_graceful=False)
-
-    t = threading.Thread(target=kill_when_running, daemon=True)
-    t.start()
-    while not ctl.state.is_terminal:
-        ctl.step()
-    t.join(timeout=5)
+    killed = run_killing(cluster, workers, ctl, 10, (1,))
     summary = ctl.summary()
     assert summary.state == "SUCCEEDED", summary.reason
-    assert killed and killed["node"] not in ctl.stage_nodes
+    assert killed and killed["nodes"][0] not in ctl.stage_nodes
     (rec,) = [e.data for e in ctl.events if e.kind == "recovery"]
     assert rec["from_replicas"] and rec["step"] >= killed["at"] - 2
     assert 0 <= rec["steps_lost"] <= 2 * options(tmp_path).elastic_run_steps
@@ -323,34 +335,21 @@ def test_job_waits_below_min_stages_until_a_node_returns(cluster: Any, workers: 
     """min_stages 2 on 2 nodes; one dies: the job cannot run on 1 and waits (state WAITING)
     instead of failing; a node joins; the job restarts on 2 stages and finishes, every update
     applied once."""
-    import threading
-    import time
-
     workers += add_workers(cluster, 2)
     connect(cluster)
     spec = make_spec(model=DEEP, stages="auto", microbatches=4, partition="auto", batch_size=16,
                      steps=80, elastic={"min_stages": 2, "max_stages": 2, "wait_timeout_s": 120})
     ctl = JobController(spec, tmp_path / "wait", options(tmp_path))
-
-    def kill() -> None:  # (a node is removed from a thread; added only from the main one)
-        while ctl.step_done < 10 or ctl.state is not JobState.RUNNING:
-            if ctl.state.is_terminal:
-                return
-            time.sleep(0.01)
-        time.sleep(0.05)
-        node = next(n for n in workers if n.node_id == ctl.stage_nodes[1])
-        cluster.remove_node(node, allow_graceful=False)
-
-    t = threading.Thread(target=kill, daemon=True)
-    t.start()
     waits = 0
-    while not ctl.state.is_terminal:
-        ctl.step()
+
+    def add_when_waiting() -> None:  # it keeps waiting; then a node returns
+        nonlocal waits
         if ctl.state is JobState.WAITING:
             waits += 1
-            if waits == 3:  # it keeps waiting; then a node returns
-                workers += add_workers(cluster, 1)
-    t.join(timeout=5)
+            if waits == 3:
+                workers.extend(add_workers(cluster, 1))
+
+    run_killing(cluster, workers, ctl, 10, (1,), on_step=add_when_waiting)
     summary = ctl.summary()
     assert summary.state == "SUCCEEDED", summary.reason
     assert waits >= 3
@@ -365,31 +364,11 @@ def test_both_copies_lost_falls_back_to_the_checkpoint(cluster: Any, workers: li
     """A stage's node and the node holding its copy die together: no complete copy survives,
     so the job restarts from its last checkpoint on the node left, redoes the steps since,
     reports them, and still ends with every update applied once."""
-    import threading
-    import time
-
     workers += add_workers(cluster, 3)
     connect(cluster)
     ctl = JobController(elastic_spec(make_spec, checkpoint={"every_steps": 8}), tmp_path / "both",
                         options(tmp_path))
-    killed: dict[str, Any] = {}
-
-    def kill_two() -> None:
-        while ctl.step_done < 12 or ctl.state is not JobState.RUNNING:
-            if ctl.state.is_terminal:
-                return
-            time.sleep(0.01)
-        time.sleep(0.05)
-        gone = [next(n for n in workers if n.node_id == ctl.stage_nodes[s]) for s in (1, 2)]
-        killed["at"] = ctl.step_done
-        for node in gone:
-            cluster.remove_node(node, allow_graceful=False)
-
-    t = threading.Thread(target=kill_two, daemon=True)
-    t.start()
-    while not ctl.state.is_terminal:
-        ctl.step()
-    t.join(timeout=5)
+    killed = run_killing(cluster, workers, ctl, 12, (1, 2))
     summary = ctl.summary()
     assert summary.state == "SUCCEEDED", summary.reason
     (rec,) = [e.data for e in ctl.events if e.kind == "recovery"]
