@@ -23,6 +23,10 @@ RESUME_HELP = ("resume from the output's latest checkpoint; --no-resume starts a
                "deletes the output's earlier checkpoints")
 
 
+def error_text(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def fail(message: str, code: int = 2) -> None:
     err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -230,6 +234,63 @@ def drain(
     finally:
         disconnect()
     print(f"draining {node_id}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port (default 8000)")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address; none starts an embedded local one")] = None,
+    submit: Annotated[list[Path] | None, typer.Option(
+        help="also submit this job file once the service is up (repeatable)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the service: REST API, dashboard and job queue (settings: PIPEWAVE_* env vars)."""
+    from pydantic import ValidationError
+
+    from api.settings import Settings
+    from service.spec import SpecError, load_spec
+
+    try:
+        overrides = {k: v for k, v in {"host": host, "port": port, "ray_address": address}.items()
+                     if v is not None}
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as err:
+        e = err.errors()[0]
+        fail(f"invalid setting {'.'.join(map(str, e['loc']))}: {e['msg']}")
+    try:
+        specs = [load_spec(p) for p in submit or []]
+    except SpecError as err:
+        fail(str(err))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().handlers[0].setLevel(logging.INFO if verbose else logging.WARNING)
+    from service.runtime import connect
+
+    try:
+        connect(settings.ray_address)
+    except Exception as err:  # unreachable cluster, bad address
+        fail(f"cannot connect to Ray at {settings.ray_address}: {error_text(err)}")
+    import uvicorn
+
+    from api.app import create_app
+    from api.manager import min_slots
+
+    app_ = create_app(settings)
+    for spec in specs:
+        row, _ = app_.state.store.create_job(spec.model_dump(mode="json"), lambda i: settings.jobs_dir / i,
+                                             min_slots(spec))
+        print(f"submitted {spec.name} as job {row.id}")
+    url = f"http://{settings.host}:{settings.port}"
+    where = "$PIPEWAVE_API_TOKEN" if settings.api_token else str(settings.token_file)
+    print(f"pipewave serving on {url}  (dashboard: {url}/login?token=<token>, API: {url}/docs)")
+    print(f"API token: in {where}; state in {settings.home}", flush=True)
+    try:
+        uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        from service.runtime import disconnect
+
+        disconnect()
 
 
 def main() -> None:

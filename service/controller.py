@@ -102,18 +102,22 @@ class ControllerOptions:
     watch_every_s: float = 1.0  # elastic jobs: how often the node table is read
     confirm: int = 3  # ... and how many identical observations make a change
     elastic_min_gain: float = 0.05  # grow only for more than this predicted gain
+    node_slots: dict[str, int] | None = None  # plan within these free slots per node (a shared
+    # cluster: the service passes what other jobs leave free); None: every node's slots
 
 
 class JobController:
     def __init__(self, spec: JobSpec, output: Path, options: ControllerOptions | None = None,
                  on_event: Callable[[Event], None] | None = None,
-                 on_progress: Callable[[int, float | None], None] | None = None) -> None:
+                 on_progress: Callable[[int, float | None], None] | None = None,
+                 on_run: Callable[[list[StepMetrics], list[RunReport], int], None] | None = None
+                 ) -> None:
         # ``request`` is the spec as submitted; ``spec`` is it with the planner's choices (stages,
         # microbatches) filled in once planned
         self.request = self.spec = spec
         self.output = Path(output)
         self.opts = options or ControllerOptions()
-        self.on_event, self.on_progress = on_event, on_progress
+        self.on_event, self.on_progress, self.on_run = on_event, on_progress, on_run
         self.state = JobState.CREATED
         self.reason = ""
         self.partition: Partition = ()
@@ -217,6 +221,10 @@ class JobController:
         nodes = cluster_nodes()
         profile = profile_cluster(req, ProfileCache(profile_dir), nodes, self.opts.cpus_per_stage)
         slots = slots_of(nodes, profile.speeds, self.opts.cpus_per_stage, self.opts.memory_fraction)
+        if self.opts.node_slots is not None:  # a shared cluster: only what is free for this job
+            slots = _within(slots, self.opts.node_slots)
+            if not slots:
+                raise JobError("no free stage slot on the cluster for this job")
         stages = None if req.stages == "auto" else req.stages
         microbatches = None if req.microbatches == "auto" else req.microbatches
         bound = req.elastic.max_stages if req.elastic is not None else req.max_stages
@@ -702,6 +710,8 @@ class JobController:
         with (self.output / "metrics.jsonl").open("a") as f:
             for m in new:
                 f.write(json.dumps(m.to_dict()) + "\n")
+        if self.on_run:
+            self.on_run(new, reports, first)
         if self.on_progress:
             self.on_progress(self.step_done, new[-1].loss)
 
@@ -840,6 +850,17 @@ class JobController:
             partition=[list(b) for b in self.partition],
             rebalances=self.moves,
         )
+
+
+def _within(slots: list[Slot], node_slots: dict[str, int]) -> list[Slot]:
+    """At most ``node_slots[node]`` of each node's slots (none of a node not named)."""
+    taken: dict[str, int] = {}
+    out = []
+    for sl in slots:
+        if taken.get(sl.node_id, 0) < node_slots.get(sl.node_id, 0):
+            taken[sl.node_id] = taken.get(sl.node_id, 0) + 1
+            out.append(sl)
+    return out
 
 
 def _mean_per_stage(rows: list[tuple[float, ...]], num_stages: int) -> list[float]:

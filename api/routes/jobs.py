@@ -1,0 +1,193 @@
+"""/api/v1/jobs: submit, list, inspect, cancel, delete; metrics, events (SSE), timeline, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path as FsPath
+from typing import Annotated, Any
+
+from anyio import to_thread
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sse_starlette.sse import EventSourceResponse
+
+from api.deps import JobId, ManagerDep, SettingsDep, StoreDep, not_found
+from api.manager import min_slots, public
+from api.models import (
+    ApiState,
+    CheckpointList,
+    JobList,
+    JobPublic,
+    MetricsList,
+    Timeline,
+)
+from api.settings import Settings
+from api.store import IdempotencyConflict
+from service.spec import JobSpec, TextData
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                                               pattern=r"^[\x21-\x7e]+$")]
+
+
+@router.post("", status_code=201, response_model=JobPublic,
+             responses={200: {"model": JobPublic, "description": "an idempotent replay"},
+                        409: {"description": "idempotency key reused with another body"}})
+def submit(spec: JobSpec, store: StoreDep, manager: ManagerDep, settings: SettingsDep,
+           idempotency_key: IdempotencyKey = None) -> Any:
+    spec = _check_data_path(spec, settings)
+    try:
+        row, created = store.create_job(spec.model_dump(mode="json"), lambda i: settings.jobs_dir / i,
+                                        min_slots(spec), idempotency_key)
+    except IdempotencyConflict:
+        raise HTTPException(409, detail="this Idempotency-Key was used with another request body") from None
+    if created:
+        manager.submitted()
+    body = public(store, manager, row.id)
+    return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200,
+                        headers={"Location": f"/api/v1/jobs/{row.id}"})
+
+
+def _check_data_path(spec: JobSpec, settings: Settings) -> JobSpec:
+    """A text dataset's file must lie inside the data root (no '..', no symlink out of it)."""
+    if not isinstance(spec.data, TextData):
+        return spec
+    root = settings.data_dir.resolve()
+    given = FsPath(spec.data.path)
+    if ".." in given.parts:
+        raise HTTPException(422, detail="data.path: '..' is not allowed")
+    path = (given if given.is_absolute() else root / given).resolve()
+    if not path.is_relative_to(root):
+        raise HTTPException(422, detail=f"data.path: must lie inside the data root {root}")
+    if not path.is_file():
+        raise HTTPException(422, detail=f"data.path: no such file in the data root: {spec.data.path}")
+    if path.stat().st_size < spec.model.seq_len + 1:
+        need = spec.model.seq_len + 1
+        raise HTTPException(422, detail=f"data.path: shorter than seq_len + 1 = {need} bytes")
+    return spec.model_copy(update={"data": TextData(kind="text", path=str(path))})
+
+
+@router.get("", response_model=JobList)
+def list_jobs(store: StoreDep, manager: ManagerDep,
+              state: Annotated[list[ApiState] | None, Query()] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JobList:
+    rows, total = store.list_jobs([s.value for s in state] if state else None, limit, offset)
+    positions = manager.queue_positions() if any(r.state == ApiState.QUEUED for r in rows) else {}
+    from api.store import to_public
+
+    return JobList(items=[to_public(r, positions.get(r.id)) for r in rows], total=total,
+                   limit=limit, offset=offset)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: JobId, store: StoreDep, manager: ManagerDep) -> JobPublic:
+    body = public(store, manager, job_id)
+    if body is None:
+        raise not_found(job_id)
+    return body  # type: ignore[no-any-return]
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
+             responses={200: {"model": JobPublic, "description": "the job had already ended"}})
+def cancel(job_id: JobId, store: StoreDep, manager: ManagerDep) -> Any:
+    row = store.get(job_id)
+    if row is None:
+        raise not_found(job_id)
+    ended = ApiState(row.state).is_terminal
+    if not ended:
+        manager.cancel(job_id)
+    body = public(store, manager, job_id)
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ended else 202)
+
+
+@router.delete("/{job_id}", status_code=204, responses={409: {"description": "the job has not ended"}})
+def delete(job_id: JobId, store: StoreDep, manager: ManagerDep) -> Response:
+    row = store.get(job_id)
+    if row is None:
+        raise not_found(job_id)
+    if not ApiState(row.state).is_terminal:
+        raise HTTPException(409, detail=f"job {job_id} is {row.state}: cancel it first, then delete it")
+    store.delete(job_id)
+    manager.delete_files(row.output)
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/metrics", response_model=MetricsList)
+def metrics(job_id: JobId, store: StoreDep,
+            since_step: Annotated[int, Query(ge=0, le=10_000_000)] = 0) -> MetricsList:
+    if store.get(job_id) is None:
+        raise not_found(job_id)
+    return MetricsList(items=store.metrics(job_id, since_step))
+
+
+@router.get("/{job_id}/timeline", response_model=Timeline)
+def timeline(job_id: JobId, store: StoreDep) -> Timeline:
+    if store.get(job_id) is None:
+        raise not_found(job_id)
+    return store.timeline(job_id)
+
+
+@router.get("/{job_id}/checkpoints", response_model=CheckpointList)
+def checkpoints(job_id: JobId, store: StoreDep) -> CheckpointList:
+    if store.get(job_id) is None:
+        raise not_found(job_id)
+    return CheckpointList(items=store.checkpoints(job_id))
+
+
+@router.get("/{job_id}/logs", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}}, "description": "log text from offset"}})
+def logs(job_id: JobId, store: StoreDep,
+         offset: Annotated[int, Query(ge=0, le=1 << 40)] = 0,
+         limit: Annotated[int, Query(ge=1, le=16 << 20)] = 1 << 20) -> PlainTextResponse:
+    row = store.get(job_id)
+    if row is None:
+        raise not_found(job_id)
+    path = FsPath(row.output) / "job.log"
+    data = b""
+    if path.is_file():
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read(limit)
+    return PlainTextResponse(data.decode("utf-8", errors="replace"),
+                             headers={"X-Next-Offset": str(offset + len(data))})
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"}})
+async def events(job_id: JobId, request: Request, store: StoreDep, settings: SettingsDep,
+                 follow: bool = True,
+                 last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+                 ) -> EventSourceResponse:
+    if await to_thread.run_sync(store.get, job_id) is None:
+        raise not_found(job_id)
+    return EventSourceResponse(_stream(job_id, request, store, settings.poll_s, follow, last_event_id or 0),
+                               ping=15)
+
+
+async def _stream(job_id: str, request: Request, store: Any, poll_s: float, follow: bool,
+                  after: int) -> AsyncIterator[dict[str, Any]]:
+    """Past events, then new events, metric points and timeline notices until the job ends."""
+    metric_t = await to_thread.run_sync(store.metric_cursor, job_id)
+    timeline_steps: list[int] | None = None
+    while True:
+        row = await to_thread.run_sync(store.get, job_id)
+        for ev in await to_thread.run_sync(store.events, job_id, after):
+            after = ev.seq
+            yield {"id": str(ev.seq), "event": ev.kind, "data": ev.model_dump_json()}
+        if not follow or row is None or ApiState(row.state).is_terminal:
+            return
+        for p in await to_thread.run_sync(store.metrics_since, job_id, metric_t):
+            metric_t = max(metric_t, p.time)
+            yield {"event": "metrics", "data": p.model_dump_json()}
+        tl = await to_thread.run_sync(store.timeline, job_id)
+        if tl.steps and tl.steps != timeline_steps:
+            if timeline_steps is not None or tl.spans:
+                yield {"event": "timeline", "data": json.dumps({"steps": tl.steps})}
+            timeline_steps = tl.steps
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(poll_s)
