@@ -293,6 +293,11 @@ def serve(
         disconnect()
 
 
+from service.client_cli import register  # noqa: E402  (the REST client's commands)
+
+register(app)
+
+
 def main() -> None:
     """Entry point: usage errors become one line on stderr with exit code 2."""
     try:

@@ -149,9 +149,11 @@ def drain_node(node_id: str, deadline_s: float | None = None,
     if not re.fullmatch(r"[0-9a-fA-F]{56}", node_id):  # 28 bytes, as `ray list nodes` shows
         raise DrainError(f"not a Ray node id (56 hex digits): {node_id!r}")
     node = ray.NodeID.from_hex(node_id.lower())
-    known = {str(n["NodeID"]): bool(n.get("Alive")) for n in ray.nodes()}
-    if not known.get(node.hex()):
+    nodes = {str(n["NodeID"]): n for n in ray.nodes()}
+    if not nodes.get(node.hex(), {}).get("Alive"):
         raise DrainError(f"no alive node {node_id} in this cluster")
+    if "node:__internal_head__" in nodes[node.hex()].get("Resources", {}):
+        raise DrainError(f"{node_id} is the head node: it runs Ray's control plane and cannot be drained")
     deadline_ms = 0 if deadline_s is None else int((time.time() + deadline_s) * 1000)
     # what `ray drain-node` does (Ray 2.60 has no public Python API for it)
     gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)  # type: ignore[attr-defined]

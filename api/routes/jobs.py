@@ -178,16 +178,18 @@ async def _stream(job_id: str, request: Request, store: Any, poll_s: float, foll
         for ev in await to_thread.run_sync(store.events, job_id, after):
             after = ev.seq
             yield {"id": str(ev.seq), "event": ev.kind, "data": ev.model_dump_json()}
-        if not follow or row is None or ApiState(row.state).is_terminal:
+        if not follow or row is None:
             return
         for p in await to_thread.run_sync(store.metrics_since, job_id, metric_t):
             metric_t = max(metric_t, p.time)
-            yield {"event": "metrics", "data": p.model_dump_json()}
+            yield {"event": "metrics", "data": json.dumps({"kind": "metrics", "time": p.time,
+                                                            "data": p.model_dump()})}
         tl = await to_thread.run_sync(store.timeline, job_id)
         if tl.steps and tl.steps != timeline_steps:
             if timeline_steps is not None or tl.spans:
-                yield {"event": "timeline", "data": json.dumps({"steps": tl.steps})}
+                notice = {"kind": "timeline", "data": {"steps": tl.steps}}
+                yield {"event": "timeline", "data": json.dumps(notice)}
             timeline_steps = tl.steps
-        if await request.is_disconnected():
+        if ApiState(row.state).is_terminal or await request.is_disconnected():
             return
         await asyncio.sleep(poll_s)
