@@ -164,3 +164,28 @@ def shared_runs(_ray_session, tmp_path_factory) -> Callable[[str], SharedRuns]:
         return cache[schedule]
 
     return get
+
+
+# ----------------------------------------------------------------------------- the service
+
+@pytest.fixture(scope="module")
+def ray_address(_ray_session: None) -> str:
+    """The session cluster's address, for a ``pipewave serve`` process to join."""
+    import ray
+
+    ensure_local_ray()
+    return str(ray.get_runtime_context().gcs_address)
+
+
+@pytest.fixture(scope="module")
+def server(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real ``pipewave serve`` (uvicorn on loopback) joined to the session cluster; its data
+    root holds ``corpus.txt``."""
+    from apiserver import Server
+
+    home = tmp_path_factory.mktemp("service")
+    (home / "data").mkdir()
+    (home / "data" / "corpus.txt").write_text("hello pipewave " * 200)
+    srv = Server(home, ray_address).start()
+    yield srv
+    srv.stop()

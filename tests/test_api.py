@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,6 @@ from apiserver import TOKEN, Server, tiny_job, wait_for
 from conftest import RAY_CPUS
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def ray_address(_ray_session: None) -> str:
-    import ray
-    from conftest import ensure_local_ray
-
-    ensure_local_ray()
-    return str(ray.get_runtime_context().gcs_address)
-
-
-@pytest.fixture(scope="module")
-def server(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    home = tmp_path_factory.mktemp("service")
-    (home / "data").mkdir()
-    (home / "data" / "corpus.txt").write_text("hello pipewave " * 200)
-    srv = Server(home, ray_address).start()
-    yield srv
-    srv.stop()
 
 
 def sse(client: httpx.Client, path: str, **params: Any) -> list[dict[str, Any]]:

@@ -268,6 +268,48 @@ def test_drain_command(cluster: Any, workers: list[Any]) -> None:
     assert ray.is_initialized()
 
 
+def test_drain_over_rest_moves_a_service_job_off_the_node(cluster: Any, workers: list[Any], make_spec,
+                                                         fixed_run, tmp_path: Path) -> None:
+    """`POST /api/v1/cluster/nodes/{id}/drain` on a `pipewave serve` joined to this cluster: the
+    service's elastic job moves its stages off the drained node, which is then removed; every
+    step is trained once and the weights match the fixed 2-stage run."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from apiserver import Server, wait_for
+
+    workers += add_workers(cluster, 3)
+    connect(cluster)
+    srv = Server(tmp_path / "home", cluster.address).start()
+    try:
+        with srv.client() as c:
+            spec = elastic_spec(make_spec, checkpoint={"every_steps": 80}).model_dump(mode="json")
+            job = c.post("/jobs", json=spec).json()
+            wait_for(lambda: (j := srv.job(job["id"]))["state"] == "RUNNING" and j["step"] >= 10
+                     and len(j["placement"]) == 3 and j, 180, "3 stages running")
+            node = srv.job(job["id"])["placement"][1]["node_id"]
+            assert c.post(f"/cluster/nodes/{node}/drain", json={"deadline_s": 120}).status_code == 202
+            assert {n["node_id"]: n["state"] for n in c.get("/cluster").json()["nodes"]}[node] == "DRAINING"
+            wait_for(lambda: (j := srv.job(job["id"]))["state"] == "RUNNING" and node not in
+                     {p["node_id"] for p in j["placement"]} and j, 180, "the stages to leave the node")
+            gone = next(n for n in workers if n.node_id == node)
+            cluster.remove_node(gone)  # the node goes only after the job left it
+            workers.remove(gone)
+            final = srv.wait_state(job["id"], {"SUCCEEDED", "FAILED"}, timeout=300)
+            assert final["state"] == "SUCCEEDED", final["reason"]
+            replay = c.get(f"/jobs/{job['id']}/events", params={"follow": "false"}).text
+            events = [e for e in replay.split("\n") if e.startswith("data:")]
+            assert any('"kind":"rebalance"' in e and "leaving" in e for e in events), events
+            points = c.get(f"/jobs/{job['id']}/metrics").json()["items"]
+            assert [p["step"] for p in points] == list(range(1, 81))
+            (ckpt,) = c.get(f"/jobs/{job['id']}/checkpoints").json()["items"]
+    finally:
+        srv.stop()
+    state = load_model_state(Path(ckpt["path"]))
+    for k in state:
+        torch.testing.assert_close(state[k], fixed_run[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "pipedream", "2bw"])
 def test_a_move_keeps_each_schedules_semantics(cluster: Any, workers: list[Any], make_spec,
