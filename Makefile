@@ -1,11 +1,13 @@
-# pipewave: `make run` trains the default example, `make test` runs the test suite.
-# Both create .venv and install the pinned dependencies (constraints.txt) when missing.
+# pipewave: `make run` starts the service with the default example job submitted (dashboard on
+# http://127.0.0.1:8000), `make train` trains it from the command line, `make test` runs the tests.
+# All create .venv and install the pinned dependencies (constraints.txt) when missing; `make test`
+# also installs Debian's Chromium for the dashboard's browser test.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install browser run train test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Debian's Chromium (the dashboard test drives it with Playwright); needs root, as in CI
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
+
 run: $(STAMP)
+	$(BIN)/pipewave serve --submit examples/gpt-small.yaml
+
+train: $(STAMP)
 	$(BIN)/pipewave train examples/gpt-small.yaml --output runs/gpt-small --no-resume
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m mypy service workers
 	$(BIN)/python -m pytest

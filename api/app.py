@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         settings.home.mkdir(parents=True, exist_ok=True)
         os.environ["PIPEWAVE_HOME"] = str(settings.home)  # the profiler cache and others follow it
-        connect(settings.ray_address)  # (a no-op when `pipewave serve` connected already)
+        connect(settings.ray_address, settings.local_cpus)  # (no-op if `pipewave serve` did)
         app.state.manager.start()
         try:
             yield

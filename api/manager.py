@@ -177,7 +177,9 @@ class JobManager:
         output.mkdir(parents=True, exist_ok=True)
         run = _Running(job_id, spec)
         sync = spec.schedule in ("gpipe", "1f1b")  # a run boundary is free for flush schedules
+        embedded = self.settings.ray_address is None  # this machine's cores are shared by all stages
         opts = ControllerOptions(cpus_per_stage=self.settings.cpus_per_stage, resume=True,
+                                 threads_per_stage=None if embedded else 1,
                                  node_slots=node_slots,
                                  max_run_steps=self.settings.run_steps if sync else None)
         run.controller = JobController(

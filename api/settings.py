@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     ray_address: str | None = None  # none: an embedded local Ray cluster
+    local_cpus: int = Field(4, ge=1, le=1024)  # the embedded cluster's logical CPUs (stage slots),
+    # at least this machine's cores
     cpus_per_stage: float = Field(1.0, gt=0, le=1024)
     max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     dispatch: bool = True  # start queued jobs (off: accept and queue only, e.g. for maintenance)

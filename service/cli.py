@@ -268,7 +268,7 @@ def serve(
     from service.runtime import connect
 
     try:
-        connect(settings.ray_address)
+        connect(settings.ray_address, settings.local_cpus)
     except Exception as err:  # unreachable cluster, bad address
         fail(f"cannot connect to Ray at {settings.ray_address}: {error_text(err)}")
     import uvicorn
@@ -283,8 +283,12 @@ def serve(
         print(f"submitted {spec.name} as job {row.id}")
     url = f"http://{settings.host}:{settings.port}"
     where = "$PIPEWAVE_API_TOKEN" if settings.api_token else str(settings.token_file)
-    print(f"pipewave serving on {url}  (dashboard: {url}/login?token=<token>, API: {url}/docs)")
-    print(f"API token: in {where}; state in {settings.home}", flush=True)
+    print(f"pipewave serving on {url}  (API docs: {url}/docs; state in {settings.home})")
+    print(f"API token: in {where}")
+    if settings.host in ("127.0.0.1", "localhost", "::1"):  # this machine only: the link is safe
+        print(f"dashboard: {url}/login?token={app_.state.token}", flush=True)
+    else:
+        print(f"dashboard: {url}/ (sign in with the token)", flush=True)
     try:
         uvicorn.run(app_, host=settings.host, port=settings.port, log_level="warning")
     finally:

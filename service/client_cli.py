@@ -84,7 +84,7 @@ def submit(
 def jobs(
     state: Annotated[list[str] | None, typer.Option(
         "--state", help="only jobs in this state (repeatable): " + ", ".join(STATES))] = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="at most this many jobs")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="at most this many jobs")] = 50,
     as_json: JsonOpt = False,
     url: UrlOpt = None,
     token: TokenOpt = None,

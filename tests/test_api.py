@@ -288,3 +288,50 @@ def test_restart_after_sigkill_keeps_every_job(ray_address: str, tmp_path: Path)
             assert srv.wait_state(done["id"], {"SUCCEEDED"}, timeout=120)
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------------------- CLI client
+
+def cli(server: Server, *args: str, token: str = TOKEN, timeout: float = 300) -> Any:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PIPEWAVE_URL": server.url, "PIPEWAVE_API_TOKEN": token, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "service.cli", *args], env=env, text=True,
+                          capture_output=True, timeout=timeout, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_cli_client_against_the_server(server: Server, tmp_path: Path) -> None:
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(json.dumps(tiny_job(name="cli", steps=20)))
+    done = cli(server, "submit", str(job_file), "--follow", "--json")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["state"] == "SUCCEEDED" and job["step"] == 20
+
+    listed = cli(server, "jobs", "--json", "--state", "succeeded")
+    assert listed.returncode == 0 and job["id"] in listed.stdout
+    table = cli(server, "jobs")
+    assert table.returncode == 0 and job["id"] in table.stdout and "SUCCEEDED" in table.stdout
+    shown = cli(server, "status", job["id"])
+    assert shown.returncode == 0 and "SUCCEEDED" in shown.stdout
+    log = cli(server, "logs", job["id"])
+    assert log.returncode == 0 and "SUCCEEDED" in log.stdout
+
+    long_file = tmp_path / "long.yaml"
+    long_file.write_text(json.dumps(tiny_job(name="cli-long", steps=1_000_000)))
+    sub = cli(server, "submit", str(long_file), "--json")
+    long_id = json.loads(sub.stdout)["id"]
+    server.wait_state(long_id, {"RUNNING"})
+    stopped = cli(server, "cancel", long_id, "--json")
+    assert stopped.returncode == 0 and json.loads(stopped.stdout)["cancel_requested"]
+    server.wait_state(long_id, {"CANCELLED"})
+    followed = cli(server, "logs", long_id, "--follow")  # the job ended: prints and returns
+    assert followed.returncode == 0 and "CANCELLED" in followed.stdout
+
+    for args, token, needle in [(("status", "j-000000000000"), TOKEN, "no such job"),
+                                (("jobs",), "wrong-token-wrong-token", "unauthorized"),
+                                (("submit", str(tmp_path / "missing.yaml")), TOKEN, "not found")]:
+        bad = cli(server, *args, token=token)
+        lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+        assert bad.returncode in (1, 2) and len(lines) == 1 and needle in lines[0], bad.stderr
