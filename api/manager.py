@@ -58,7 +58,6 @@ class JobManager:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.waiting_reason: dict[str, str] = {}
-        self.ray_ok = False
 
     # -- life ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,7 +145,6 @@ class JobManager:
             self.waiting_reason = {}
             return
         per_node = free_slots_per_node(self.settings.cpus_per_stage)
-        self.ray_ok = True
         free = sum(per_node.values())
         specs = {row.id: JobSpec.model_validate_json(row.spec_json) for row in queued}
         waiting = [Waiting(row.id, min_slots(specs[row.id])) for row in queued]

@@ -335,3 +335,22 @@ def test_cli_client_against_the_server(server: Server, tmp_path: Path) -> None:
         bad = cli(server, *args, token=token)
         lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
         assert bad.returncode in (1, 2) and len(lines) == 1 and needle in lines[0], bad.stderr
+
+
+def test_serve_submits_the_example_and_shows_it(ray_address: str, tmp_path: Path) -> None:
+    """The README's main command (`pipewave serve --submit examples/gpt-small.yaml`) ends with the
+    dashboard reachable and the job on it (dispatch off here: the job stays queued)."""
+    root = Path(__file__).resolve().parents[1]
+    srv = Server(tmp_path / "home", ray_address, env={"PIPEWAVE_DISPATCH": "false"},
+                 args=("--submit", str(root / "examples" / "gpt-small.yaml"))).start()
+    try:
+        log = (tmp_path / "home" / "server.log").read_text()
+        assert "submitted gpt-small as job j-" in log and f"dashboard: {srv.url}/login?token={TOKEN}" in log
+        with httpx.Client(base_url=srv.url) as c:
+            assert c.get("/login", params={"token": TOKEN}, follow_redirects=True).status_code == 200
+            assert "<title>" in c.get("/").text
+            (job,) = c.get("/api/v1/jobs").json()["items"]
+            assert job["name"] == "gpt-small" and job["state"] == "QUEUED"
+            assert job["queue_position"] == 0
+    finally:
+        srv.stop()
