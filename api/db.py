@@ -89,6 +89,7 @@ class TimelineRow(Base):
     __tablename__ = "timelines"
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    steps: Mapped[str] = mapped_column(String(64), default="")  # "a-b": cheap to poll for news
     data_json: Mapped[str] = mapped_column(Text)
 
 

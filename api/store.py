@@ -215,7 +215,13 @@ class JobStore:
 
     def put_timeline(self, job_id: str, timeline: Timeline) -> None:
         with self._write, self._tx() as s:
-            s.merge(TimelineRow(job_id=job_id, data_json=timeline.model_dump_json()))
+            steps = "-".join(map(str, timeline.steps))
+            s.merge(TimelineRow(job_id=job_id, steps=steps, data_json=timeline.model_dump_json()))
+
+    def timeline_steps(self, job_id: str) -> str:
+        """The latest timeline's steps ("a-b"; "" when there is none)."""
+        with self._session() as s:
+            return s.scalar(select(TimelineRow.steps).where(TimelineRow.job_id == job_id)) or ""
 
     def timeline(self, job_id: str) -> Timeline:
         with self._session() as s:

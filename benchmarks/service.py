@@ -112,13 +112,19 @@ class StepWatcher(threading.Thread):
 
 
 def window_rate(points: dict[int, float], t0: float, t1: float, batch: int) -> dict[str, Any] | None:
-    """Samples/s between the first and the last step point timed inside [t0, t1]."""
+    """Samples/s between the first and the last step point timed inside [t0, t1]. With fewer than two
+    points inside (training crawled), between the last point before and the first after ("wider")."""
     pts = sorted((s, t) for s, t in points.items() if t0 <= t <= t1)
+    wider = len(pts) < 2
+    if wider:
+        before = sorted((s, t) for s, t in points.items() if t < t0)
+        after = sorted((s, t) for s, t in points.items() if t > t1)
+        pts = sorted([*before[-1:], *pts, *after[:1]])  # (points are by step, so by time)
     if len(pts) < 2 or pts[-1][1] <= pts[0][1] or pts[-1][0] <= pts[0][0]:
         return None
     (s0, a), (s1, b) = pts[0], pts[-1]
     return {"samples_per_s": batch * (s1 - s0) / (b - a), "first_step": s0, "last_step": s1,
-            "steps": s1 - s0, "window_s": b - a, "points": len(pts)}
+            "steps": s1 - s0, "window_s": b - a, "points": len(pts), "wider": wider}
 
 
 class Usage:
@@ -169,9 +175,9 @@ def phase_idle(duration: float) -> dict[str, Any]:
 
 
 def phase_dashboard(server: Server, job_id: str, duration: float, settle: float,
-                    info: dict[str, Any]) -> tuple[float, dict[str, Any]]:
-    """Open the job page in headless Chromium; the phase starts once its stream is live (+ settle).
-    Returns (phase start time, figures)."""
+                    info: dict[str, Any]) -> tuple[float, float, dict[str, Any]]:
+    """Open the job page in headless Chromium; the phase starts once its stream is live (+ settle)
+    and ends before the browser closes. Returns (phase start time, end time, figures)."""
     from playwright.sync_api import sync_playwright
 
     js_state = """() => ({status: document.querySelector('#stream-status')?.textContent || null,
@@ -192,12 +198,13 @@ def phase_dashboard(server: Server, job_id: str, duration: float, settle: float,
             t0 = time.time()
             before = page.evaluate(js_state)
             page.wait_for_timeout(duration * 1000)  # (keeps Playwright's event loop turning)
+            t1 = time.time()
             after = page.evaluate(js_state)
             if after["status"] != "live":
                 raise RuntimeError(f"the dashboard's stream is {after['status']!r} at the end of the phase")
             if after["points"] <= before["points"]:
                 raise RuntimeError(f"the dashboard's charts did not grow ({before['points']} points)")
-            return t0, {"chart_points_before": before["points"], "chart_points_after": after["points"],
+            return t0, t1, {"chart_points_before": before["points"], "chart_points_after": after["points"],
                         "stream": after["status"], "timeline_rects": after["spans"]}
         finally:
             browser.close()
@@ -304,15 +311,13 @@ def run(a: argparse.Namespace, rep: dict[str, Any]) -> None:
                 name = f"{kind}{i // 2 + 1}" if kind != "L" else "L"
                 req0, use = requests_total(server), Usage(server.proc.pid)
                 extra: dict[str, Any]
-                if kind == "A":
-                    t0 = time.time()
-                    extra = phase_idle(a.phase_s)
-                elif kind == "B":
-                    t0, extra = phase_dashboard(server, job_id, a.phase_s, a.settle_s, rep["machine"])
+                if kind == "B":
+                    t0, t1, extra = phase_dashboard(server, job_id, a.phase_s, a.settle_s, rep["machine"])
                 else:
                     t0 = time.time()
-                    extra = phase_latency(server, job_id, a.clients, a.latency_s)
-                t1 = time.time()
+                    extra = phase_idle(a.phase_s) if kind == "A" else \
+                        phase_latency(server, job_id, a.clients, a.latency_s)
+                    t1 = time.time()
                 # (usage and request counts cover the whole phase, browser start and stop included)
                 req1, usage = requests_total(server), use.done()
                 ph = {"name": name, "kind": kind, "t0": t0, "t1": t1, **usage, **extra,
@@ -413,6 +418,8 @@ def render(rep: dict[str, Any]) -> str:
                    f"{p.get('chart_points_after')}"
         elif p["kind"] == "L":
             note = f"{a['clients']} clients (informative)"
+        if tr.get("wider"):
+            note += "; < 2 step points inside: window widened to the points around it"
         lines.append(f"| {p['name']} | {f(tr.get('samples_per_s'))} | {f(tr.get('steps'), 'd')} | "
                      f"{f(tr.get('window_s'), '.1f')} | {p['machine_busy_pct']:.0f}% | "
                      f"{p['server_cpu_pct']:.0f}% | {f(p.get('server_requests_per_s'), '.1f')} | {note} |")

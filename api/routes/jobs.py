@@ -172,7 +172,7 @@ async def _stream(job_id: str, request: Request, store: Any, poll_s: float, foll
                   after: int) -> AsyncIterator[dict[str, Any]]:
     """Past events, then new events, metric points and timeline notices until the job ends."""
     metric_t = await to_thread.run_sync(store.metric_cursor, job_id)
-    timeline_steps: list[int] | None = None
+    timeline_steps = await to_thread.run_sync(store.timeline_steps, job_id)  # the client has this one
     while True:
         row = await to_thread.run_sync(store.get, job_id)
         for ev in await to_thread.run_sync(store.events, job_id, after):
@@ -184,12 +184,12 @@ async def _stream(job_id: str, request: Request, store: Any, poll_s: float, foll
             metric_t = max(metric_t, p.time)
             yield {"event": "metrics", "data": json.dumps({"kind": "metrics", "time": p.time,
                                                             "data": p.model_dump()})}
-        tl = await to_thread.run_sync(store.timeline, job_id)
-        if tl.steps and tl.steps != timeline_steps:
-            if timeline_steps is not None or tl.spans:
-                notice = {"kind": "timeline", "data": {"steps": tl.steps}}
-                yield {"event": "timeline", "data": json.dumps(notice)}
-            timeline_steps = tl.steps
+        steps = await to_thread.run_sync(store.timeline_steps, job_id)
+        if steps and steps != timeline_steps:
+            first, last = map(int, steps.split("-"))
+            notice = {"kind": "timeline", "data": {"steps": [first, last]}}
+            yield {"event": "timeline", "data": json.dumps(notice)}
+            timeline_steps = steps
         if ApiState(row.state).is_terminal or await request.is_disconnected():
             return
         await asyncio.sleep(poll_s)

@@ -254,7 +254,7 @@
 
     const renderCharts = throttle(() => { if (!st.stopped) drawCharts(st, ui); }, RENDER_MIN_MS);
     const renderEvents = throttle(() => { if (!st.stopped) drawEvents(st, ui); }, RENDER_MIN_MS);
-    const refreshSoon = throttle(() => refreshJob(), 300);
+    const refreshSoon = throttle(() => refreshJob(), 1000);
     const onResize = throttle(() => { drawCharts(st, ui); drawTimeline(st, ui); }, RENDER_MIN_MS);
     Object.assign(st, { renderCharts, renderEvents, refreshSoon });
     window.addEventListener("resize", onResize);
@@ -489,6 +489,7 @@
     if (!point || !isNum(point.step)) return;
     st.points.set(point.step, point); // same step: replaced
     st.renderCharts();
+    st.refreshSoon(); // the header's step, loss and throughput follow the live points
   }
 
   function handleStoredEvent(st, ui, ev) {
@@ -509,7 +510,7 @@
       ui.streamStatus.textContent = "job ended";
       st.refreshJob();
       if (!st.terminal) onTerminal(st, ui);
-    } else if (["state", "rebalance", "plan"].includes(event.kind)) {
+    } else if (["state", "rebalance", "plan", "info", "recovery", "checkpoint"].includes(event.kind)) {
       st.refreshSoon();
     }
   }
