@@ -6,26 +6,22 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 
-from api.auth import check
 from api.manager import JobManager
 from api.settings import Settings
 from api.store import JobStore
 
 
-def get_settings(request: Request) -> Settings:
+# async: FastAPI runs a sync dependency in its thread pool, a hop per dependency per request
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_manager(request: Request) -> JobManager:
+async def get_manager(request: Request) -> JobManager:
     return request.app.state.manager  # type: ignore[no-any-return]
-
-
-def require_token(request: Request) -> None:
-    check(request, request.app.state.token)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -269,10 +269,11 @@ def test_drain_command(cluster: Any, workers: list[Any]) -> None:
 
 
 def test_drain_over_rest_moves_a_service_job_off_the_node(cluster: Any, workers: list[Any], make_spec,
-                                                         fixed_run, tmp_path: Path) -> None:
+                                                         tmp_path: Path) -> None:
     """`POST /api/v1/cluster/nodes/{id}/drain` on a `pipewave serve` joined to this cluster: the
-    service's elastic job moves its stages off the drained node, which is then removed; every
-    step is trained once and the weights match the fixed 2-stage run."""
+    service's elastic job moves its stages off the drained node, which is then removed, and
+    trains every step once (the weights of such a move are checked against a fixed run in
+    test_drained_node_is_left_before_it_goes)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -283,7 +284,7 @@ def test_drain_over_rest_moves_a_service_job_off_the_node(cluster: Any, workers:
     srv = Server(tmp_path / "home", cluster.address).start()
     try:
         with srv.client() as c:
-            spec = elastic_spec(make_spec, checkpoint={"every_steps": 80}).model_dump(mode="json")
+            spec = elastic_spec(make_spec).model_dump(mode="json") | {"steps": 1000}  # (long enough)
             job = c.post("/jobs", json=spec).json()
             wait_for(lambda: (j := srv.job(job["id"]))["state"] == "RUNNING" and j["step"] >= 10
                      and len(j["placement"]) == 3 and j, 180, "3 stages running")
@@ -301,13 +302,9 @@ def test_drain_over_rest_moves_a_service_job_off_the_node(cluster: Any, workers:
             events = [e for e in replay.split("\n") if e.startswith("data:")]
             assert any('"kind":"rebalance"' in e and "leaving" in e for e in events), events
             points = c.get(f"/jobs/{job['id']}/metrics").json()["items"]
-            assert [p["step"] for p in points] == list(range(1, 81))
-            (ckpt,) = c.get(f"/jobs/{job['id']}/checkpoints").json()["items"]
+            assert [p["step"] for p in points] == list(range(1, 1001))
     finally:
         srv.stop()
-    state = load_model_state(Path(ckpt["path"]))
-    for k in state:
-        torch.testing.assert_close(state[k], fixed_run[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
 @pytest.mark.slow

@@ -1,0 +1,152 @@
+"""The stage actors of a job: one per stage, placed on the node the planner chose for it (or
+packed in a placement group for a uniform split), their point-to-point group connected; their
+checkpoints saved and resumed; stopped at the end. Activations and gradients never pass through
+the controller: the actors exchange them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
+
+from service import checkpoint as ckpt
+from service.job import JobBase, JobError
+from service.partition import Partition
+from service.spec import JobSpec
+from workers.stage import StageWorker
+
+logger = logging.getLogger("service.controller")  # one logger for the whole controller
+
+
+class StagesMixin(JobBase):
+    """Starting, connecting, checkpointing and stopping the stage actors."""
+
+    # -- stage actors ----------------------------------------------------------------------
+    def _start_actors(self) -> None:
+        """One stage actor per stage of ``self.partition``, placed as planned (or packed in a
+        placement group for a uniform split), their stage-to-stage group connected."""
+        S = self.spec.num_stages
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= S else 0
+        bundle = {"CPU": self.opts.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
+        strategies: list[Any]
+        if self.stage_nodes:  # planned: each stage on the node the planner chose for it
+            strategies = [NodeAffinitySchedulingStrategy(n, soft=False) for n in self.stage_nodes]
+        else:  # uniform: reserve all stages at once, packed
+            self.pg = placement_group([bundle] * S, strategy="PACK", name=f"pipewave-{self.spec.name}")
+            if not _wait(self.pg.ready(), self.opts.ready_timeout_s):
+                raise JobError(f"the cluster cannot place {S} stages of {bundle} within "
+                               f"{self.opts.ready_timeout_s:.0f}s (resources: {ray.cluster_resources()})")
+            strategies = [PlacementGroupSchedulingStrategy(self.pg, s) for s in range(S)]
+        self.actors = [self._new_actor(s, strategies[s], gpus) for s in range(S)]
+        self._connect()
+
+    def _new_actor(self, s: int, strategy: Any, gpus: int, spec: JobSpec | None = None,
+                   partition: Partition | None = None) -> Any:
+        """Stage ``s`` of the current partition (or of ``partition`` of the resolved ``spec``)
+        in a new actor (fresh weights)."""
+        spec, partition = spec or self.spec, partition or self.partition
+        S = spec.num_stages
+        cls = ray.remote(concurrency_groups={"control": 2})(StageWorker)  # type: ignore[call-overload]
+        threads = self.opts.threads_per_stage or max(1, (os.cpu_count() or 1) // S)
+        start, end = partition[s]
+        return cls.options(num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
+                           scheduling_strategy=strategy).remote(
+            spec.model_dump_json(), s, S, start, end, threads)
+
+    def _connect(self) -> None:
+        """Form the stages' point-to-point group (after every start or move)."""
+        S = self.spec.num_stages
+        infos = ray.get([a.info.remote() for a in self.actors], timeout=self.opts.ready_timeout_s)
+        port = ray.get(self.actors[0].rendezvous_port.remote())
+        ray.get([a.init_comm.remote(infos[0]["ip"], port) for a in self.actors],
+                timeout=self.opts.ready_timeout_s)
+        where = ", ".join(f"{i['stage']}: layers {i['layers'][0]}-{i['layers'][1] - 1} on {i['device']}"
+                          for i in infos)
+        self._emit("info", f"{S} stages ready ({where})", stages=[
+            {k: i[k] for k in ("stage", "layers", "node_id", "device", "params")} for i in infos])
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _save_checkpoint(self) -> None:
+        d = ckpt.step_dir(self.output, self.step_done)
+        d.mkdir(parents=True, exist_ok=True)
+        files = ray.get([a.save.remote(str(d / f"stage-{s}.pt")) for s, a in enumerate(self.actors)])
+        stages = [{"stage": s, "layers": list(self.partition[s]), "file": f["file"],
+                   "bytes": f["bytes"]} for s, f in enumerate(files)]
+        ckpt.write_manifest(d, self.step_done, self.spec.model_dump(mode="json"), stages)
+        self.checkpoints.append(str(d))
+        self._emit("checkpoint", f"checkpoint at step {self.step_done}", path=str(d))
+
+    def _check_checkpoint(self, record: ckpt.CheckpointRecord) -> dict[str, Any]:
+        """Refuse another job's checkpoint; return its spec (resolved stages, microbatches)."""
+        manifest = ckpt.read_manifest(record.path)
+        mine = _flat(self.request.model_dump(mode="json"))
+        theirs = _flat(dict(manifest["spec"]))
+        free = ("steps", "checkpoint.", "partition", "max_stages", "stages", "microbatches")
+        differ = sorted(k for k in mine.keys() | theirs.keys()
+                        if not k.startswith(free) and mine.get(k) != theirs.get(k))
+        if differ:
+            raise JobError(f"{record.path} belongs to a different job (fields differ: "
+                           f"{', '.join(differ)}); use another --output or --no-resume")
+        return dict(manifest["spec"])
+
+    def _resume(self, record: ckpt.CheckpointRecord) -> None:
+        """Load the checkpoint into the stages; every stage reads the files that hold its layers,
+        so the checkpoint's partition (and stage count) need not be this run's."""
+        manifest = ckpt.read_manifest(record.path)
+        files = [(tuple(e["layers"]), str(record.path / e["file"])) for e in manifest["stages"]]
+        ray.get([a.load.remote([f for (a0, b0), f in files if a0 < end and b0 > start])
+                 for a, (start, end) in zip(self.actors, self.partition, strict=True)])
+        self.step_done = record.step
+        if not self.metrics:  # (not when this job re-partitions itself)
+            self.first_step = record.step
+        before = [list(layers) for layers, _ in files]
+        moved = f" (re-partitioned from {before})" if before != [list(b) for b in self.partition] else ""
+        self._emit("info", f"resumed from checkpoint at step {record.step}{moved}",
+                   path=str(record.path))
+
+    def _start_fresh(self) -> None:
+        """Training from step 0: earlier checkpoints and metrics in the output are another run's."""
+        old = ckpt.latest(self.output)
+        if old is not None:
+            ckpt.prune(self.output, keep=0)
+            self._emit("info", f"starting from step 0: removed the earlier run's checkpoints "
+                               f"(up to step {old.step}) from {self.output}")
+        (self.output / "metrics.jsonl").unlink(missing_ok=True)
+
+    # -- stopping --------------------------------------------------------------------------
+    def _teardown(self) -> None:
+        for a in [*self.actors, *self._orphans, *self._prestarted.values()]:
+            try:
+                ray.kill(a)
+            except Exception:  # already dead
+                logger.debug("actor already gone", exc_info=True)
+        self.actors, self._orphans, self._prestarted = [], [], {}
+        if self.pg is not None:
+            try:
+                remove_placement_group(self.pg)
+            except Exception:
+                logger.debug("placement group already removed", exc_info=True)
+            self.pg = None
+
+
+def _wait(ref: Any, timeout: float) -> bool:
+    ready, _ = ray.wait([ref], timeout=timeout)
+    return bool(ready)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
