@@ -261,10 +261,7 @@ def phase_latency(server: Server, job_id: str, clients: int, duration: float) ->
 def run(a: argparse.Namespace, rep: dict[str, Any]) -> None:
     from service.spec import load_spec
 
-    base = load_spec(SPEC_FILE)
-    stages = base.stages if isinstance(base.stages, int) else 1
-    cores = os.cpu_count() or 1
-    cps = a.cpus_per_stage or min(1.0, cores / stages)  # the example's 4 stages must fit the cores
+    cps = a.cpus_per_stage or 1.0  # the embedded cluster offers 4 logical CPUs (PIPEWAVE_LOCAL_CPUS)
     planned_s = 4 * (a.phase_s + a.settle_s + 15) + a.latency_s + a.settle_s + 60
     steps = a.steps or a.warmup_steps + math.ceil(MAX_STEPS_PER_S * planned_s)
     spec = load_spec(SPEC_FILE, overrides={"name": "bench-service", "steps": steps,
@@ -466,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="periodic checkpoints (default none: a checkpoint pauses training, which would "
                         "land in some phases and not others)")
     p.add_argument("--cpus-per-stage", type=float, default=None,
-                   help="the server's PIPEWAVE_CPUS_PER_STAGE (default: min(1, cores / the spec's stages))")
+                   help="the server's PIPEWAVE_CPUS_PER_STAGE (default 1: the embedded cluster has 4 slots)")
     p.add_argument("--output", type=Path, default=HERE / "service-results.md")
     p.add_argument("--json", type=Path, default=None, help="default: --output with .json")
     p.add_argument("--quick", action="store_true",
