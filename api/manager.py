@@ -58,6 +58,8 @@ class JobManager:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.waiting_reason: dict[str, str] = {}
+        self._wants: dict[str, int] = {}  # elastic job -> stage slots it asks the autoscaler for
+        self._requested: int | None = None  # stage bundles last asked of Ray's autoscaler
 
     # -- life ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -138,9 +140,13 @@ class JobManager:
         with self._lock:
             for job_id in [j for j, r in self._running.items() if r.thread and not r.thread.is_alive()]:
                 del self._running[job_id]
-            if not self.settings.dispatch or any(not r.placed for r in self._running.values()):
-                return
+                self._wants.pop(job_id, None)
+            placing = any(not r.placed for r in self._running.values())
         queued = [row for row in self.store.queued() if not row.cancel_requested]
+        specs = {row.id: JobSpec.model_validate_json(row.spec_json) for row in queued}
+        self._autoscale([min_slots(specs[row.id]) for row in queued])
+        if not self.settings.dispatch or placing:
+            return
         if not queued:
             self.waiting_reason = {}
             return
@@ -160,6 +166,28 @@ class JobManager:
             logger.info("starting job %s: %s", s.job_id, s.reason)
             self._launch(s.job_id, specs[s.job_id], _cap(per_node, s.max_slots))
 
+    def _autoscale(self, queued_needs: list[int]) -> None:
+        """One scale request for the whole service (Ray keeps one per cluster): room for every
+        running job's stages (an elastic job's as many as it asks for) and every queued job's
+        minimum, in bundles of one stage's resources (one worker pod of a KubeRay worker group)."""
+        with self._lock:
+            held = sum(max(len(r.stage_nodes), self._wants.get(r.job_id, 0)) for r in self._running.values())
+        wanting = queued_needs or any(w > 0 for w in self._wants.values())
+        total = min(held + sum(queued_needs), 1024) if wanting else 0
+        if total == self._requested:
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        from service.job import stage_bundle
+
+        bundle = stage_bundle(self.settings.cpus_per_stage, self.settings.gpus_per_stage)
+        request_resources(bundles=[bundle] * total)
+        logger.info("asked the autoscaler for room for %d stage(s)", total)
+        self._requested = total
+
+    def requested_slots(self) -> int:
+        return self._requested or 0
+
     def _eta(self, r: _Running) -> float | None:
         ctl = r.controller
         if ctl is None or not r.rate:
@@ -176,8 +204,11 @@ class JobManager:
         run = _Running(job_id, spec)
         sync = spec.schedule in ("gpipe", "1f1b")  # a run boundary is free for flush schedules
         embedded = self.settings.ray_address is None  # this machine's cores are shared by all stages
+        opts_cpus = self.settings.cpus_per_stage  # on a cluster: a stage's threads
         opts = ControllerOptions(cpus_per_stage=self.settings.cpus_per_stage, resume=True,
-                                 threads_per_stage=None if embedded else 1,
+                                 gpus_per_stage=self.settings.gpus_per_stage,
+                                 threads_per_stage=None if embedded else max(1, int(opts_cpus)),
+                                 autoscaler=lambda want: self._wants.__setitem__(job_id, want),
                                  node_slots=node_slots,
                                  max_run_steps=self.settings.run_steps if sync else None)
         run.controller = JobController(

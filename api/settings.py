@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     ray_address: str | None = None  # none: an embedded local Ray cluster
     local_cpus: int = Field(4, ge=1, le=1024)  # the embedded cluster's logical CPUs (stage slots),
     # at least this machine's cores
-    cpus_per_stage: float = Field(1.0, gt=0, le=1024)
+    cpus_per_stage: float = Field(1.0, gt=0, le=1024)  # a stage's CPUs (and threads on a cluster)
+    gpus_per_stage: float = Field(0.0, ge=0, le=16)  # >0: a stage's GPUs (a GPU worker group)
     max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     dispatch: bool = True  # start queued jobs (off: accept and queue only, e.g. for maintenance)
     run_steps: int = Field(8, ge=1, le=1_000_000)  # flush schedules: steps per run (live figures)

@@ -34,6 +34,12 @@ from workers.stage import RunReport
 logger = logging.getLogger("service.controller")  # one logger for the whole controller
 
 
+def stage_bundle(cpus_per_stage: float, gpus_per_stage: float = 0.0) -> dict[str, float]:
+    """The resources one stage takes: what a scale request asks per stage, so one worker group's
+    pod must offer exactly this (deploy/)."""
+    return {"CPU": cpus_per_stage, **({"GPU": gpus_per_stage} if gpus_per_stage > 0 else {})}
+
+
 class JobState(StrEnum):
     CREATED = "CREATED"
     STARTING = "STARTING"
@@ -83,6 +89,9 @@ class ControllerOptions:
     watch_every_s: float = 1.0  # elastic jobs: how often the node table is read
     confirm: int = 3  # ... and how many identical observations make a change
     elastic_min_gain: float = 0.05  # grow only for more than this predicted gain
+    gpus_per_stage: float = 0.0  # >0: every stage takes this many GPUs (and asks for them)
+    autoscaler: Callable[[int], None] | None = None  # elastic jobs' scale requests (stage slots
+    # wanted, 0: none) go here instead of straight to Ray (a service sums its jobs' requests)
     node_slots: dict[str, int] | None = None  # plan within these free slots per node (a shared
     # cluster: the service passes what other jobs leave free); None: every node's slots
 
@@ -174,22 +183,26 @@ class JobBase:
         want = e.max_stages if len(self._slots) < e.max_stages else 0
         if want == self._requested:
             return
-        from ray.autoscaler.sdk import request_resources
-
-        bundle: dict[str, float] = {"CPU": self.opts.cpus_per_stage}
-        request_resources(bundles=[bundle] * want)
+        self._ask(want)
         self._requested = want
         self._emit("info", f"asked the autoscaler for room for {want} stages" if want
                    else "withdrew the autoscaler request", bundles=want)
+
+    def _ask(self, want: int) -> None:
+        """Ask for room for ``want`` stages (0: withdraw): Ray keeps one request per cluster."""
+        if self.opts.autoscaler is not None:
+            self.opts.autoscaler(want)
+            return
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[stage_bundle(self.opts.cpus_per_stage, self.opts.gpus_per_stage)] * want)
 
     def _transition(self, new: JobState, reason: str) -> None:
         logger.info("job %s: %s -> %s (%s)", self.spec.name, self.state.value, new.value, reason)
         self.state, self.reason = new, reason
         if new.is_terminal and self._requested:
             try:
-                from ray.autoscaler.sdk import request_resources
-
-                request_resources(bundles=[])
+                self._ask(0)
                 self._requested = 0
             except Exception:  # the cluster is gone: nothing to withdraw
                 logger.debug("cannot withdraw the autoscaler request", exc_info=True)

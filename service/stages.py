@@ -18,7 +18,7 @@ from ray.util.scheduling_strategies import (
 )
 
 from service import checkpoint as ckpt
-from service.job import JobBase, JobError
+from service.job import JobBase, JobError, stage_bundle
 from service.partition import Partition
 from service.spec import JobSpec
 from workers.stage import StageWorker
@@ -34,8 +34,8 @@ class StagesMixin(JobBase):
         """One stage actor per stage of ``self.partition``, placed as planned (or packed in a
         placement group for a uniform split), their stage-to-stage group connected."""
         S = self.spec.num_stages
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= S else 0
-        bundle = {"CPU": self.opts.cpus_per_stage, **({"GPU": gpus} if gpus else {})}
+        gpus = self.opts.gpus_per_stage or (1 if ray.cluster_resources().get("GPU", 0) >= S else 0)
+        bundle = stage_bundle(self.opts.cpus_per_stage, gpus)
         strategies: list[Any]
         if self.stage_nodes:  # planned: each stage on the node the planner chose for it
             strategies = [NodeAffinitySchedulingStrategy(n, soft=False) for n in self.stage_nodes]
@@ -48,7 +48,7 @@ class StagesMixin(JobBase):
         self.actors = [self._new_actor(s, strategies[s], gpus) for s in range(S)]
         self._connect()
 
-    def _new_actor(self, s: int, strategy: Any, gpus: int, spec: JobSpec | None = None,
+    def _new_actor(self, s: int, strategy: Any, gpus: float, spec: JobSpec | None = None,
                    partition: Partition | None = None) -> Any:
         """Stage ``s`` of the current partition (or of ``partition`` of the resolved ``spec``)
         in a new actor (fresh weights)."""

@@ -166,6 +166,17 @@ def shared_runs(_ray_session, tmp_path_factory) -> Callable[[str], SharedRuns]:
     return get
 
 
+def autoscaler_request() -> list[dict[str, float]] | None:
+    """What the cluster's autoscaler is asked to make room for (Ray's own KV entry)."""
+    import json
+
+    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
+    return json.loads(raw) if raw else None
+
+
 # ----------------------------------------------------------------------------- the service
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,20 @@ def test_cancel_a_queued_job(server: Server) -> None:
         assert [e["data"]["data"]["state"] for e in events] == ["QUEUED", "CANCELLED"]
 
 
+def test_a_job_bigger_than_the_cluster_waits_and_asks_the_autoscaler(server: Server) -> None:
+    """6 stages on a 4-slot cluster: it stays QUEUED (a bigger cluster only), the service asks Ray's
+    autoscaler for room for it in bundles of one stage's resources, and withdraws once it ends."""
+    from conftest import autoscaler_request
+
+    with server.client() as c:
+        job = submit(c, tiny_job(name="too-big", stages=6, steps=2))
+        wait_for(lambda: "bigger cluster" in server.job(job["id"])["reason"], 30, "the queue's reason")
+        wait_for(lambda: autoscaler_request() == [{"CPU": 1.0}] * 6, 30, "a request for 6 stages")
+        c.post(f"/jobs/{job['id']}/cancel")
+        server.wait_state(job["id"], {"CANCELLED"})
+        wait_for(lambda: autoscaler_request() == [], 30, "the request withdrawn")
+
+
 # ------------------------------------------------------------------------------- cluster etc.
 
 def test_cluster_metrics_and_drain_errors(server: Server) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import autoscaler_request
 
 from service.checkpoint import load_model_state
 from service.controller import ControllerOptions, JobController, JobState
@@ -189,17 +190,6 @@ def test_job_grows_as_nodes_join(cluster: Any, workers: list[Any], fixed_run, ma
     # would add the nodes); with 4 slots the request was withdrawn
     assert requests[0] == [{"CPU": 1.0}] * 4 and requests[-1] == []
     assert any(e.message.startswith("withdrew the autoscaler request") for e in ctl.events)
-
-
-def autoscaler_request() -> list[dict[str, float]] | None:
-    """What the cluster's autoscaler is asked to make room for (Ray's own KV entry)."""
-    import json
-
-    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
-    return json.loads(raw) if raw else None
 
 
 def test_drained_node_is_left_before_it_goes(cluster: Any, workers: list[Any], fixed_run,
