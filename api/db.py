@@ -16,6 +16,8 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -108,4 +110,26 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Additive schema changes in place: a column a newer pipewave added to an existing table is
+    added with its default (anything else is refused with the reason)."""
+    existing = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in existing.get_columns(table.name)}
+        for col in table.columns:
+            if col.name in have:
+                continue
+            default = getattr(col.default, "arg", None)
+            default = None if callable(default) else default
+            if default is None and not col.nullable:
+                raise RuntimeError(f"the job database lacks {table.name}.{col.name} and it cannot be "
+                                   f"added in place; move the database away or migrate it")
+            ddl = f"ALTER TABLE {table.name} ADD COLUMN {col.name} {col.type.compile(engine.dialect)}"
+            if default is not None:
+                ddl += f" DEFAULT {default!r}" if isinstance(default, str) else f" DEFAULT {default}"
+            with engine.begin() as conn:
+                conn.execute(text(ddl))
