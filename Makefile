@@ -29,7 +29,7 @@ train: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m mypy service workers
+	$(BIN)/python -m mypy service workers api deploy/render.py
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
