@@ -24,7 +24,7 @@ from api.models import (
     Timeline,
 )
 from api.settings import Settings
-from api.store import IdempotencyConflict
+from api.store import IdempotencyConflict, to_public
 from service.spec import JobSpec, TextData
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -77,8 +77,6 @@ def list_jobs(store: StoreDep, manager: ManagerDep,
               offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JobList:
     rows, total = store.list_jobs([s.value for s in state] if state else None, limit, offset)
     positions = manager.queue_positions() if any(r.state == ApiState.QUEUED for r in rows) else {}
-    from api.store import to_public
-
     return JobList(items=[to_public(r, positions.get(r.id)) for r in rows], total=total,
                    limit=limit, offset=offset)
 
