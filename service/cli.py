@@ -34,11 +34,17 @@ def fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def schedule(
-    name: Annotated[str, typer.Argument(help="gpipe | 1f1b | pipedream | 2bw")],
+    name: Annotated[str, typer.Argument(
+        help="gpipe | 1f1b | pipedream | 2bw | interleaved-1f1b | hanayo (the last two: schedules only, "
+             "not yet trainable)")],
     stages: Annotated[int, typer.Option("--stages", "-s", min=1, max=64)] = 4,
     microbatches: Annotated[int, typer.Option("--microbatches", "-m", min=1, max=1024)] = 8,
     steps: Annotated[int, typer.Option("--steps", min=1, max=1000)] = 1,
     vertical_sync: Annotated[bool, typer.Option("--vertical-sync")] = False,
+    chunks: Annotated[int | None, typer.Option(
+        "--chunks", min=1, max=16, help="interleaved-1f1b: model chunks per stage (default 2)")] = None,
+    waves: Annotated[int | None, typer.Option(
+        "--waves", min=1, max=16, help="hanayo: waves (default 1)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Print a schedule's step x stage grid and its simulated figures (unit costs)."""
@@ -46,7 +52,8 @@ def schedule(
     from service.schedules.report import describe, render_report
 
     try:
-        sched = make_schedule(name, stages, microbatches, steps, vertical_sync=vertical_sync)
+        sched = make_schedule(name, stages, microbatches, steps, vertical_sync=vertical_sync,
+                              chunks=chunks, waves=waves)
     except ValueError as err:
         fail(str(err).splitlines()[0])
     if as_json:

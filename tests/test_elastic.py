@@ -274,7 +274,7 @@ def test_drain_over_rest_moves_a_service_job_off_the_node(cluster: Any, workers:
     srv = Server(tmp_path / "home", cluster.address).start()
     try:
         with srv.client() as c:
-            spec = elastic_spec(make_spec).model_dump(mode="json") | {"steps": 1000}  # (long enough)
+            spec = elastic_spec(make_spec).model_dump(mode="json") | {"steps": 400}  # (long enough)
             job = c.post("/jobs", json=spec).json()
             wait_for(lambda: (j := srv.job(job["id"]))["state"] == "RUNNING" and j["step"] >= 10
                      and len(j["placement"]) == 3 and j, 180, "3 stages running")
@@ -292,7 +292,7 @@ def test_drain_over_rest_moves_a_service_job_off_the_node(cluster: Any, workers:
             events = [e for e in replay.split("\n") if e.startswith("data:")]
             assert any('"kind":"rebalance"' in e and "leaving" in e for e in events), events
             points = c.get(f"/jobs/{job['id']}/metrics").json()["items"]
-            assert [p["step"] for p in points] == list(range(1, 1001))
+            assert [p["step"] for p in points] == list(range(1, 401))
     finally:
         srv.stop()
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from service.schedules import gpipe, one_f_one_b, pipedream, two_bw
+from service.schedules import gpipe, hanayo, interleaved, one_f_one_b, pipedream, two_bw
 from service.schedules.schedule import Schedule
 from service.schedules.validate import validate
 
+# one chunk per stage; the job spec (service/spec.py) accepts exactly these
 SCHEDULE_NAMES = ("gpipe", "1f1b", "pipedream", "2bw")
+# several chunks (virtual stages) per stage; the engine does not run these yet
+CHUNKED_SCHEDULE_NAMES = ("interleaved-1f1b", "hanayo")
+ALL_SCHEDULE_NAMES = SCHEDULE_NAMES + CHUNKED_SCHEDULE_NAMES
+
+DEFAULT_CHUNKS = 2  # interleaved-1f1b: chunks per stage
+DEFAULT_WAVES = 1  # hanayo: waves (2 chunks per stage per wave)
 
 
 def make_schedule(
@@ -16,22 +23,42 @@ def make_schedule(
     num_steps: int = 1,
     *,
     vertical_sync: bool = False,
+    chunks: int | None = None,
+    waves: int | None = None,
 ) -> Schedule:
-    """Generate and validate the named schedule; ValueError on a bad name or argument."""
-    if name not in SCHEDULE_NAMES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULE_NAMES)}")
+    """Generate and validate the named schedule; ValueError on a bad name or argument.
+
+    ``chunks`` (interleaved-1f1b only, default 2): chunks per stage; the microbatches must be a
+    multiple of the stages. ``waves`` (hanayo only, default 1): waves, 2 chunks per stage each.
+    """
+    if name not in ALL_SCHEDULE_NAMES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(ALL_SCHEDULE_NAMES)}")
     if vertical_sync and name != "pipedream":
         raise ValueError(f"vertical_sync applies only to 'pipedream', not {name!r}")
+    if chunks is not None and name != "interleaved-1f1b":
+        raise ValueError(f"chunks applies only to 'interleaved-1f1b', not {name!r}")
+    if waves is not None and name != "hanayo":
+        raise ValueError(f"waves applies only to 'hanayo', not {name!r}")
     for arg, value in (
         ("num_stages", num_stages),
         ("num_microbatches", num_microbatches),
         ("num_steps", num_steps),
+        ("chunks", 1 if chunks is None else chunks),
+        ("waves", 1 if waves is None else waves),
     ):
         if value < 1:
             raise ValueError(f"{arg} must be >= 1, got {value}")
     if name == "pipedream":
         schedule = pipedream.generate(
             num_stages, num_microbatches, num_steps, vertical_sync=vertical_sync
+        )
+    elif name == "interleaved-1f1b":
+        schedule = interleaved.generate(
+            num_stages, num_microbatches, num_steps, DEFAULT_CHUNKS if chunks is None else chunks
+        )
+    elif name == "hanayo":
+        schedule = hanayo.generate(
+            num_stages, num_microbatches, num_steps, DEFAULT_WAVES if waves is None else waves
         )
     else:
         generate = {"gpipe": gpipe, "1f1b": one_f_one_b, "2bw": two_bw}[name].generate

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from service.schedules.action import Action, Kind
+from service.schedules.action import Action, Key, Kind
 from service.schedules.schedule import Schedule, ScheduleError
 
 
@@ -15,6 +15,13 @@ class Costs:
 
     ``update`` is charged after a backward with ``update=True``; ``comm`` is the latency of one
     stage-to-stage transfer (activations forward, gradients backward).
+
+    Stages holding several chunks (``V`` per stage): ``forward`` and ``backward`` are still a
+    stage's whole share of the model, so a float or a per-stage tuple is split evenly over its
+    chunks (one chunk's forward costs ``forward / V``) and a schedule does the same work per stage
+    whatever its chunking; a tuple of ``P * V`` values gives one per virtual stage instead (a
+    chunk's own cost). ``update`` stays per stage (one step covers all its chunks); ``comm`` is
+    charged only between different stages (consecutive chunks on one stage need no transfer).
     """
 
     forward: float | tuple[float, ...] = 1.0
@@ -25,7 +32,13 @@ class Costs:
 
 @dataclass(frozen=True)
 class SimResult:
-    """``spans``: per stage (action, start, end); a span's end includes its optimizer step."""
+    """``spans``: per stage (action, start, end); a span's end includes its optimizer step.
+
+    ``peak_activations``: the most (chunk, microbatch) forwards a stage holds for their backward
+    at once. ``peak_activation_memory``: the same peak weighted by chunk size, in units of one
+    microbatch's activations over the stage's whole share of the model (a chunk's are 1/V of it,
+    chunks assumed equal): equal to ``peak_activations`` for one chunk per stage.
+    """
 
     makespan: float
     busy: tuple[float, ...]
@@ -34,6 +47,7 @@ class SimResult:
     peak_activations: tuple[int, ...]
     peak_versions: tuple[int, ...]
     spans: dict[int, list[tuple[Action, float, float]]]
+    peak_activation_memory: tuple[float, ...] = ()
 
 
 def _per_stage(value: float | tuple[float, ...], num_stages: int) -> tuple[float, ...]:
@@ -44,16 +58,37 @@ def _per_stage(value: float | tuple[float, ...], num_stages: int) -> tuple[float
     return value
 
 
+def _per_chunk(
+    value: float | tuple[float, ...], num_stages: int, chunks: int, virtual: list[list[int]]
+) -> list[list[float]]:
+    """[stage][chunk] cost: per-stage values split evenly, or per-virtual-stage values as given."""
+    if chunks > 1 and isinstance(value, tuple) and len(value) == num_stages * chunks:
+        return [[float(value[v]) for v in row] for row in virtual]
+    try:
+        per_stage = _per_stage(value, num_stages)
+    except ValueError:
+        if chunks == 1:
+            raise
+        raise ValueError(
+            f"per-stage costs need {num_stages} values (or {num_stages * chunks}, one per virtual"
+            f" stage), got {len(value) if isinstance(value, tuple) else 1}"
+        ) from None
+    return [[c / chunks] * chunks for c in per_stage]
+
+
 def simulate(schedule: Schedule, costs: Costs = Costs()) -> SimResult:
     """Run each stage's actions in order; an action starts once its stage is free and its inputs
     have arrived (producer's end, plus ``comm`` from another stage). A gradient leaves when the
     backward ends, before the optimizer step."""
-    n = schedule.num_stages
-    fwd, bwd = _per_stage(costs.forward, n), _per_stage(costs.backward, n)
+    n, chunks = schedule.num_stages, schedule.chunks_per_stage
+    placement = schedule.placement
+    virtual = [[s if placement is None else placement.virtual(s, c) for c in range(chunks)]
+               for s in range(n)]
+    fwd, bwd = _per_chunk(costs.forward, n, chunks, virtual), _per_chunk(costs.backward, n, chunks, virtual)
     upd = _per_stage(costs.update, n)
     orders = {s: schedule.stage_actions(s) for s in range(n)}
     spans: dict[int, list[tuple[Action, float, float]]] = {s: [] for s in range(n)}
-    ready: dict[tuple[int, Kind, int], float] = {}
+    ready: dict[Key, float] = {}
     free = [0.0] * n
     remaining = sum(len(order) for order in orders.values())
     while remaining:
@@ -62,13 +97,13 @@ def simulate(schedule: Schedule, costs: Costs = Costs()) -> SimResult:
             order = orders[s]
             while len(spans[s]) < len(order):
                 a = order[len(spans[s])]
-                deps = a.dependencies(n)
+                deps = a.dependencies(n, placement)
                 if any(d not in ready for d in deps):
                     break
                 start = max(
                     [free[s]] + [ready[d] + (costs.comm if d[0] != s else 0.0) for d in deps]
                 )
-                end = start + (fwd[s] if a.kind is Kind.F else bwd[s])
+                end = start + (fwd[s][a.chunk] if a.kind is Kind.F else bwd[s][a.chunk])
                 ready[a.key] = end
                 free[s] = end + (upd[s] if a.update else 0.0)
                 spans[s].append((a, start, free[s]))
@@ -76,7 +111,9 @@ def simulate(schedule: Schedule, costs: Costs = Costs()) -> SimResult:
                 progressed = True
         if not progressed:
             waiting = ", ".join(
-                str(orders[s][len(spans[s])]) for s in range(n) if len(spans[s]) < len(orders[s])
+                schedule.label(orders[s][len(spans[s])])
+                for s in range(n)
+                if len(spans[s]) < len(orders[s])
             )
             raise ScheduleError(f"{schedule.name}: deadlock, stuck at {waiting}", schedule.render())
     makespan = max(free, default=0.0)
@@ -91,17 +128,19 @@ def simulate(schedule: Schedule, costs: Costs = Costs()) -> SimResult:
         peak_activations=tuple(p[0] for p in peaks),
         peak_versions=tuple(p[1] for p in peaks),
         spans=spans,
+        peak_activation_memory=tuple(p[0] / chunks for p in peaks),
     )
 
 
 def _peaks(actions: list[Action]) -> tuple[int, int]:
-    """(max in-flight microbatches, max distinct versions held) over one stage's order.
+    """(max in-flight (chunk, microbatch) forwards, max distinct versions held) over one stage's
+    order.
 
     Held after each action (and at the start): the latest version, the versions of in-flight
     microbatches, and older versions that later actions of the stage still use.
     """
     latest = 0
-    inflight: dict[int, int] = {}
+    inflight: dict[tuple[int, int], int] = {}  # (chunk, microbatch) -> version
     later = Counter(a.version for a in actions)
 
     def held() -> int:
@@ -112,9 +151,9 @@ def _peaks(actions: list[Action]) -> tuple[int, int]:
     for a in actions:
         later[a.version] -= 1
         if a.kind is Kind.F:
-            inflight[a.microbatch] = a.version
+            inflight[a.chunk, a.microbatch] = a.version
         else:
-            inflight.pop(a.microbatch, None)
+            inflight.pop((a.chunk, a.microbatch), None)
             latest += a.update
         peak_act = max(peak_act, len(inflight))
         peak_ver = max(peak_ver, held())
