@@ -35,7 +35,10 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.home / 'jobs.db'}"
+        """The job store's SQLAlchemy URL; a plain ``postgresql://`` URL uses psycopg 3."""
+        url = self.database_url or f"sqlite:///{self.home / 'jobs.db'}"
+        return "postgresql+psycopg://" + url.removeprefix("postgresql://") if url.startswith(
+            "postgresql://") else url
 
     @property
     def data_dir(self) -> Path:

@@ -59,3 +59,13 @@ def test_a_column_added_by_a_newer_version_is_added_in_place(tmp_path: Path) -> 
     store = JobStore(f"sqlite:///{db}")
     row, _ = store.create_job(SPEC, lambda i: tmp_path / i, 1)
     assert store.timeline_steps(row.id) == ""
+
+
+def test_a_postgresql_url_uses_the_installed_driver(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine
+
+    from api.settings import Settings
+
+    url = Settings(home=tmp_path, database_url="postgresql://pipewave@db.internal/pipewave").db_url
+    assert url == "postgresql+psycopg://pipewave@db.internal/pipewave"
+    assert create_engine(url).dialect.driver == "psycopg"  # (no connection is made)
