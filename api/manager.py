@@ -57,7 +57,6 @@ class JobManager:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.waiting_reason: dict[str, str] = {}
         self._wants: dict[str, int] = {}  # elastic job -> stage slots it asks the autoscaler for
         self._requested: int | None = None  # stage bundles last asked of Ray's autoscaler
 
@@ -148,19 +147,18 @@ class JobManager:
         if not self.settings.dispatch or placing:
             return
         if not queued:
-            self.waiting_reason = {}
             return
         per_node = free_slots_per_node(self.settings.cpus_per_stage)
         free = sum(per_node.values())
-        specs = {row.id: JobSpec.model_validate_json(row.spec_json) for row in queued}
         waiting = [Waiting(row.id, min_slots(specs[row.id])) for row in queued]
         with self._lock:
             holding = [Holding(r.job_id, len(r.stage_nodes) or min_slots(r.spec), self._eta(r))
                        for r in self._running.values()]
         decision = decide(waiting, free, holding)
-        self.waiting_reason = decision.waiting_reason
-        for job_id, why in decision.waiting_reason.items():
-            self.store.update(job_id, reason=why)
+        for row in queued:  # why each waits (written only when it changes)
+            why = decision.waiting_reason.get(row.id)
+            if why is not None and why != row.reason:
+                self.store.update(row.id, reason=why)
         if decision.start is not None:
             s = decision.start
             logger.info("starting job %s: %s", s.job_id, s.reason)
@@ -184,9 +182,6 @@ class JobManager:
         request_resources(bundles=[bundle] * total)
         logger.info("asked the autoscaler for room for %d stage(s)", total)
         self._requested = total
-
-    def requested_slots(self) -> int:
-        return self._requested or 0
 
     def _eta(self, r: _Running) -> float | None:
         ctl = r.controller
