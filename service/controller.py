@@ -89,13 +89,14 @@ class JobController(MovesMixin, RecoveryMixin):
         if self.request.partition == "auto":
             self._plan(prior)
         else:
-            self.partition = uniform(num_layers(self.spec.model), self.spec.num_stages)
-        n = num_layers(self.spec.model)
+            self.partition = uniform(num_layers(self.spec.model),
+                                     self.spec.num_stages * self.spec.chunks_per_stage)
+        n, chunks = num_layers(self.spec.model), self.spec.num_stages * self.spec.chunks_per_stage
         cuts = [0, *(b for _, b in self.partition)]
         if [a for a, _ in self.partition] != cuts[:-1] or cuts[-1] != n or sorted(set(cuts)) != cuts \
-                or len(self.partition) != self.spec.num_stages:
+                or len(self.partition) != chunks:
             raise JobError(f"internal: partition {list(self.partition)} does not cut the model's "
-                           f"{n} layers into {self.spec.num_stages} stages")
+                           f"{n} layers into {chunks} chunks")
         self._transition(JobState.STARTING, f"{self.spec.num_stages} stages, "
                                             f"{self.spec.num_microbatches} microbatches, "
                                             f"partition {list(self.partition)}")
@@ -199,7 +200,7 @@ class JobController(MovesMixin, RecoveryMixin):
     def _run_steps(self, first: int, count: int) -> None:
         M = self.spec.num_microbatches
         sched = make_schedule(self.spec.schedule, self.spec.num_stages, M, count,
-                              vertical_sync=self.spec.vertical_sync)
+                              **self.spec.schedule_args)
         scale = 1.0 if self.spec.schedule == "pipedream" else 1.0 / M
         t0 = time.time()
         refs = [a.run.remote(Run(sched.stage_actions(s), first, scale, sched.carry_versions))
@@ -233,7 +234,9 @@ class JobController(MovesMixin, RecoveryMixin):
     def _poll_progress(self) -> None:
         if not self.on_progress and self.spec.elastic is None:
             return
-        p: Progress = ray.get(self.actors[-1].get_progress.options(
+        placement = self.spec.placement()  # (the loss is on the worker of the last chunk)
+        last = self.actors[placement.locate(placement.num_virtual_stages - 1)[0]]
+        p: Progress = ray.get(last.get_progress.options(
             concurrency_group="control").remote())
         self._seen_step = max(self._seen_step, p.step)
         if p.step > self.step_done and self.on_progress:

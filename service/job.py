@@ -26,7 +26,7 @@ from typing import Any
 from service import checkpoint as ckpt
 from service.elastic import Watcher
 from service.metrics import RunFigures, StepMetrics
-from service.partition import LayerCost, Partition, Slot
+from service.partition import LayerCost, Partition, Slot, worker_layout
 from service.planner import JobPlan, Rebalance
 from service.spec import JobSpec
 from workers.stage import RunReport
@@ -143,7 +143,7 @@ class JobBase:
         self._pending: tuple[int, list[Any], list[str], list[int]] | None = None  # copying
         self._replicating: list[Any] = []  # its hold_replica calls
         self._restart_from: tuple[int, list[Any]] | None = None  # (step, per old stage payload)
-        self._restart_layout: list[tuple[int, int]] = []  # the old partition of those payloads
+        self._restart_layout: list[Partition] = []  # the old layout (chunks per stage) of those
         self._waiting_since = 0.0
         self._excluded: set[str] = set()  # nodes a recovery saw die, before Ray marks them dead
         self._requested = 0  # stage slots asked of the autoscaler (0: none)
@@ -160,7 +160,7 @@ class JobBase:
         tmp = self.output / "plan.json.tmp"  # the plan in force, beside metrics.jsonl
         tmp.write_text(json.dumps({"spec": self.spec.model_dump(mode="json"), **jp.to_dict()}, indent=2))
         tmp.replace(self.output / "plan.json")
-        self.stage_nodes = [sp.node_id for sp in jp.plan.stages]
+        self.stage_nodes = jp.plan.worker_nodes
         self._calibrate_at = None  # set when the stages start (after any resume)
 
     def _enter_running(self) -> None:
@@ -170,6 +170,14 @@ class JobBase:
                 and self.step_done + 2 * n <= self.spec.steps:  # worth it: steps remain after
             self._calibrate_at = self.step_done + n
         self._transition(JobState.RUNNING, f"running steps {self.step_done + 1}..{self.spec.steps}")
+
+    def _layout(self, spec: JobSpec | None = None,
+                partition: Partition | None = None) -> tuple[Partition, ...]:
+        """Per stage worker, the layer ranges of its chunks (one range per worker unless the
+        schedule holds several chunks per worker): of the current partition, or of ``partition``
+        of the resolved ``spec``."""
+        spec, partition = spec or self.spec, partition or self.partition
+        return worker_layout(partition, spec.placement())
 
     # -- reporting -------------------------------------------------------------------------
     def _request_slots(self) -> None:

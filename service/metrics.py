@@ -84,8 +84,9 @@ def step_metrics(reports: list[RunReport], first_step: int, num_steps: int, micr
             busy[k][r.stage] += t1 - t0
             cpu[k][r.stage] += r.cpu_s[i] if i < len(r.cpu_s) else 0.0
     losses: dict[int, list[float]] = {}
-    for mb, loss in reports[-1].losses.items():
-        losses.setdefault(mb // microbatches, []).append(loss)
+    for r in reports:  # (the stage holding the last chunk has them)
+        for mb, loss in r.losses.items():
+            losses.setdefault(mb // microbatches, []).append(loss)
     out, prev = [], t_start
     for k in range(num_steps):
         dt = max(ends[k] - prev, 1e-9)

@@ -31,6 +31,7 @@ from service.job import JobError, JobState, _mean_per_stage
 from service.nodes import cluster_nodes, slots_of
 from service.planner import decide_rebalance
 from service.stages import StagesMixin
+from workers.state import overlaps
 
 logger = logging.getLogger("service.controller")  # one logger for the whole controller
 
@@ -101,10 +102,10 @@ class MovesMixin(StagesMixin):
         spec = self.spec.resolve(d.plan.stages, d.plan.microbatches, keep_bounds=True)
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= spec.num_stages else 0
         used = set(self.stage_nodes)
-        for s, sp in enumerate(d.plan.plan.stages):
-            if sp.node_id not in used:  # (nodes we use keep their actors: reconfigured in place)
+        for s, node in enumerate(d.plan.plan.worker_nodes):
+            if node not in used:  # (nodes we use keep their actors: reconfigured in place)
                 self._prestarted[s] = self._new_actor(
-                    s, NodeAffinitySchedulingStrategy(sp.node_id, soft=False), gpus, spec,
+                    s, NodeAffinitySchedulingStrategy(node, soft=False), gpus, spec,
                     d.plan.plan.partition)
 
     def _on_rebalancing(self) -> None:
@@ -116,7 +117,7 @@ class MovesMixin(StagesMixin):
         new_plan, costs, why = self._move
         self._move = None
         t0 = time.time()
-        old_actors, before = self.actors, list(self.partition)
+        old_actors, before, old_layout = self.actors, list(self.partition), self._layout()
         digest = self._digest() if self.opts.verify_moves else None
         old_nodes = list(self.stage_nodes)
         self._orphans = list(old_actors)  # stopped by _teardown if the move fails half-way
@@ -138,12 +139,13 @@ class MovesMixin(StagesMixin):
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= self.spec.num_stages else 0
         spec_json = self.spec.model_dump_json()
         self.actors, calls = [], []
-        for s, (start, end) in enumerate(self.partition):
-            refs = [ref for (a0, b0), ref in zip(before, exports, strict=True) if a0 < end and b0 > start]
+        for s, chunks in enumerate(self._layout()):
+            refs = [ref for theirs, ref in zip(old_layout, exports, strict=True)
+                    if overlaps(chunks, theirs)]
             node = self.stage_nodes[s]
             if spare.get(node):
                 actor = spare[node].pop()
-                calls.append(actor.reconfigure.remote(spec_json, s, self.spec.num_stages, start, end,
+                calls.append(actor.reconfigure.remote(spec_json, s, self.spec.num_stages, chunks,
                                                       refs))
             else:
                 actor = self._prestarted.pop(s, None) or self._new_actor(
@@ -162,6 +164,7 @@ class MovesMixin(StagesMixin):
         self._emit("rebalance", f"moved from {before} to {[list(b) for b in self.partition]} in "
                                 f"{pause:.2f} s at step {self.step_done}: {why}",
                    before=[list(b) for b in before], after=[list(b) for b in self.partition],
+                   stages_before=len(old_layout), stages_after=self.spec.num_stages,
                    pause_s=pause, bytes_moved=sum(moved), step=self.step_done, reason=why,
                    verified=digest is not None)
         self._emit("plan", f"re-planned {new_plan.stages} stages: {new_plan.reason}",

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from math import inf
 
-from service.schedules import make_schedule, simulate
+from service.schedules import Placement, make_schedule, simulate
 
 Partition = tuple[tuple[int, int], ...]  # per stage [start, end) layer indices
 
@@ -90,13 +90,47 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class Plan:
+    """``stages``: one per stage, or with several chunks per stage worker (``placement``), one
+    per virtual stage (chunk), in model order; ``partition`` is then the chunks' layer ranges."""
+
     stages: tuple[StagePlan, ...]
-    bottleneck_s: float  # max over stages of compute + send per microbatch
+    bottleneck_s: float  # max over stages (chunks) of compute + send per microbatch
     reason: str
+    placement: Placement | None = None
 
     @property
     def partition(self) -> Partition:
         return tuple(sp.layers for sp in self.stages)
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.stages) if self.placement is None else self.placement.num_workers
+
+    def worker_of(self, i: int) -> int:
+        """The stage worker holding entry ``i`` of ``stages``."""
+        return i if self.placement is None else self.placement.locate(i)[0]
+
+    @property
+    def worker_nodes(self) -> list[str]:
+        """The node of each stage worker."""
+        if self.placement is None:
+            return [sp.node_id for sp in self.stages]
+        return [self.stages[chunks[0]].node_id for chunks in self.placement.workers]
+
+    @property
+    def layout(self) -> tuple[Partition, ...]:
+        """Per stage worker, the layer ranges of its chunks (in chunk order)."""
+        return worker_layout(self.partition, self.placement)
+
+
+def worker_layout(partition: Partition, placement: Placement | None) -> tuple[Partition, ...]:
+    """Per stage worker, the layer ranges of its chunks: ``partition`` has one range per virtual
+    stage (one per worker without a placement)."""
+    if placement is None:
+        return tuple((b,) for b in partition)
+    if len(partition) != placement.num_virtual_stages:
+        raise ValueError(f"{len(partition)} layer ranges for {placement.num_virtual_stages} chunks")
+    return tuple(tuple(partition[v] for v in chunks) for chunks in placement.workers)
 
 
 class InfeasibleError(ValueError):

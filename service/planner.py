@@ -31,8 +31,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from service.chunk_partition import plan_chunked
 from service.partition import InfeasibleError, LayerCost, Link, Plan, Slot, plan
-from service.schedules import Costs, make_schedule, simulate
+from service.schedules import CHUNKED_SCHEDULE_NAMES, Costs, make_schedule, simulate
 
 if TYPE_CHECKING:
     from service.spec import JobSpec
@@ -66,8 +67,10 @@ class JobPlan:
         for i, sp in enumerate(self.plan.stages):
             row = asdict(sp)
             row["layers"] = list(sp.layers)
-            row["busy_s"] = self.predicted_stage_busy_s[i]
-            row["budget_bytes"] = self.stage_budgets[i] if i < len(self.stage_budgets) else None
+            w = self.plan.worker_of(i)  # (chunked schedules: the chunk's stage worker)
+            row["worker"] = w
+            row["busy_s"] = self.predicted_stage_busy_s[w]
+            row["budget_bytes"] = self.stage_budgets[w] if w < len(self.stage_budgets) else None
             stages.append(row)
         return {
             "stages": self.stages,
@@ -103,9 +106,12 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def microbatch_candidates(batch_size: int, stages: int) -> list[int]:
-    """Divisors of the batch in [1, 4 x stages], those >= stages where there are any."""
+def microbatch_candidates(batch_size: int, stages: int, schedule: str = "1f1b") -> list[int]:
+    """Divisors of the batch in [1, 4 x stages], those >= stages where there are any
+    (interleaved-1f1b: only multiples of the stages)."""
     ds = [d for d in _divisors(batch_size) if d <= 4 * stages]
+    if schedule == "interleaved-1f1b":
+        return [d for d in ds if d % stages == 0]
     return [d for d in ds if d >= stages] or ds
 
 
@@ -129,20 +135,23 @@ def _simulate(spec: JobSpec, layers: Sequence[LayerCost], pl: Plan, slots: Seque
               link: Link, optimizer: str) -> tuple[float, tuple[float, ...]]:
     """(time per step, busy seconds per stage per step) of the placed job under its schedule."""
     speed = {s.node_id: s.speed for s in slots}  # equal node ids have equal speeds in practice
-    fwd, bwd, upd = [], [], []
-    for sp in pl.stages:
+    n = pl.num_workers
+    fwd, bwd, upd = [], [], [0.0] * n  # (chunked: forward and backward per chunk)
+    for i, sp in enumerate(pl.stages):
         a, b = sp.layers
         v = speed.get(sp.node_id, 1.0)
         fwd.append(sum(c.forward_s for c in layers[a:b]) / v)
         bwd.append(sum(c.backward_s for c in layers[a:b]) / v)
-        upd.append(UPDATE_S_PER_PARAM_BYTE[optimizer] * sum(c.param_bytes for c in layers[a:b]) / v)
-    cuts = [layers[b - 1].output_bytes for _, b in pl.partition[:-1]]
+        pbytes = sum(c.param_bytes for c in layers[a:b])
+        upd[pl.worker_of(i)] += UPDATE_S_PER_PARAM_BYTE[optimizer] * pbytes / v
+    cuts = [layers[b - 1].output_bytes for i, (_, b) in enumerate(pl.partition[:-1])
+            if pl.worker_of(i) != pl.worker_of(i + 1)]  # (a wave's turn hands over in memory)
     comm = link.latency_s + max(cuts) / link.bandwidth_bytes_s if cuts else 0.0
     costs = Costs(tuple(fwd), tuple(bwd), tuple(upd), comm)
-    n = len(pl.stages)
+    args = spec.schedule_args
 
     def run(steps: int) -> tuple[float, tuple[float, ...]]:
-        sched = make_schedule(spec.schedule, n, m, steps, vertical_sync=spec.vertical_sync)
+        sched = make_schedule(spec.schedule, n, m, steps, **args)
         result = simulate(sched, costs)
         return result.makespan, result.busy
 
@@ -154,16 +163,34 @@ def _simulate(spec: JobSpec, layers: Sequence[LayerCost], pl: Plan, slots: Seque
 
 
 def _budgets(pl: Plan, slots: Sequence[Slot]) -> tuple[int | None, ...]:
-    """The budget of the slot each stage got: among its node's slots, the smallest that fits."""
+    """The budget of the slot each stage worker got: among its node's slots, the smallest that
+    fits (what its chunks need together)."""
     out: list[int | None] = []
-    for sp in pl.stages:
-        own = [s.memory_bytes for s in slots if s.node_id == sp.node_id]
+    need = [0] * pl.num_workers
+    for i, sp in enumerate(pl.stages):
+        need[pl.worker_of(i)] += sp.memory_bytes
+    for w, node in enumerate(pl.worker_nodes):
+        own = [s.memory_bytes for s in slots if s.node_id == node]
         if None in own:
             out.append(None)
             continue
-        fit = sorted(b for b in own if b is not None and b >= sp.memory_bytes)
+        fit = sorted(b for b in own if b is not None and b >= need[w])
         out.append(fit[0] if fit else None)
     return tuple(out)
+
+
+def _place(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], stages: int,
+           microbatches: int, optimizer: str, link: Link) -> Plan:
+    """The bottleneck-optimal placement of ``layers`` on ``stages`` stage workers: contiguous
+    stages, or the chunks of a chunked schedule (``chunk_partition``)."""
+    if spec.schedule not in CHUNKED_SCHEDULE_NAMES:
+        return plan(layers, slots, spec.schedule, microbatches, optimizer, link, num_stages=stages)
+    if spec.schedule == "interleaved-1f1b" and microbatches % stages:
+        raise InfeasibleError(f"interleaved-1f1b needs microbatches ({microbatches}) to be a "
+                              f"multiple of stages ({stages})")
+    args = spec.schedule_args
+    return plan_chunked(layers, slots, spec.schedule, microbatches, spec.placement(stages), optimizer,
+                        link, chunks=args.get("chunks"), waves=args.get("waves"))
 
 
 def _stages_word(n: int) -> str:
@@ -189,13 +216,14 @@ def plan_job(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], 
     results: list[tuple[float, int, int, JobPlan]] = []  # (samples/s, S, M, plan)
     first_error: InfeasibleError | None = None
     for s in counts:
-        ms = [microbatches] if microbatches is not None else microbatch_candidates(spec.batch_size, s)
+        ms = [microbatches] if microbatches is not None else \
+            microbatch_candidates(spec.batch_size, s, spec.schedule)
         for m in ms:
             if spec.batch_size % m:
                 raise ValueError(f"batch_size ({spec.batch_size}) must be divisible by microbatches ({m})")
             scaled = _scaled(layers, (spec.batch_size // m) / profiled)
             try:
-                pl = plan(scaled, slots, spec.schedule, m, optimizer, link, num_stages=s)
+                pl = _place(spec, scaled, slots, s, m, optimizer, link)
             except InfeasibleError as err:
                 first_error = first_error or err
                 continue
@@ -270,7 +298,8 @@ def decide_rebalance(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence
     if len(measured_busy_s) != len(predicted) or min(measured_busy_s, default=0) <= 0:
         return Rebalance(None, (), 0.0, "no measurement for every stage")
     factors = tuple(m / p for m, p in zip(measured_busy_s, predicted, strict=True))
-    fixed = calibrated(layers, current.plan.partition, factors)
+    per_range = [factors[current.plan.worker_of(i)] for i in range(len(current.plan.stages))]
+    fixed = calibrated(layers, current.plan.partition, per_range)  # (a chunk: its worker's)
     scale = (spec.batch_size // current.microbatches) / spec.microbatch_size
     speed = {s.node_id: s.speed for s in slots}
     now = max(sum(c.forward_s + c.backward_s for c in fixed[a:b]) * scale / speed.get(sp.node_id, 1.0)

@@ -231,7 +231,7 @@ class _ProfilerActor:
     def __init__(self) -> None:
         import ray
 
-        from workers.stage import keep_freed_memory
+        from workers.state import keep_freed_memory
 
         keep_freed_memory()  # the heap as a stage worker keeps it (large tensors reuse memory)
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"

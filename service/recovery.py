@@ -26,6 +26,7 @@ from service.nodes import cluster_nodes, slots_of
 from service.partition import InfeasibleError
 from service.planner import plan_job
 from service.stages import StagesMixin
+from workers.state import overlaps
 
 
 class RecoveryMixin(StagesMixin):
@@ -120,7 +121,7 @@ class RecoveryMixin(StagesMixin):
         self._move, self._change = None, None  # (a move decided before the failure is moot)
         self._teardown()
         if sources is not None:
-            self._restart_from, self._restart_layout = (step, sources), list(self.partition)
+            self._restart_from, self._restart_layout = (step, sources), list(self._layout())
             where = f"the state of step {step} (kept on surviving nodes)"
         else:
             self._record = ckpt.latest(self.output)
@@ -168,10 +169,10 @@ class RecoveryMixin(StagesMixin):
         self._start_actors()
         if self._restart_from is not None:
             step, sources = self._restart_from
-            ray.get([a.import_state.remote([ref for (a0, b0), ref in
+            ray.get([a.import_state.remote([ref for theirs, ref in
                                             zip(self._restart_layout, sources, strict=True)
-                                            if a0 < end and b0 > start])
-                     for a, (start, end) in zip(self.actors, self.partition, strict=True)],
+                                            if overlaps(mine, theirs)])
+                     for a, mine in zip(self.actors, self._layout(), strict=True)],
                     timeout=self.opts.ready_timeout_s)
             self.step_done = step
         else:

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.schedules import SCHEDULE_NAMES
+from service.schedules import ALL_SCHEDULE_NAMES, Placement, placement_for
+from service.schedules.registry import DEFAULT_CHUNKS, DEFAULT_WAVES
 from workers.models import num_layers
 
-ScheduleName = Literal["gpipe", "1f1b", "pipedream", "2bw"]
-assert set(SCHEDULE_NAMES) == {"gpipe", "1f1b", "pipedream", "2bw"}
+ScheduleName = Literal["gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"]
+assert set(ALL_SCHEDULE_NAMES) == {"gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"}
+
+
+class ScheduleArgs(TypedDict, total=False):
+    """``make_schedule``'s keyword arguments beyond the counts."""
+
+    vertical_sync: bool
+    chunks: int
+    waves: int
 
 
 class SpecError(ValueError):
@@ -113,6 +122,8 @@ class JobSpec(_Strict):
     data: DataSpec = StdlibData(kind="stdlib")
     schedule: ScheduleName = "1f1b"
     vertical_sync: bool = False
+    chunks: int | None = Field(None, ge=2, le=16)  # interleaved-1f1b: chunks per stage (default 2)
+    waves: int | None = Field(None, ge=1, le=8)  # hanayo: waves, 2 chunks per stage each (default 1)
     partition: Literal["uniform", "auto"] = "auto"
     stages: StageCount = "auto"
     max_stages: int | None = Field(None, ge=1, le=64)
@@ -156,7 +167,45 @@ class JobSpec(_Strict):
             )
         if self.vertical_sync and self.schedule != "pipedream":
             raise ValueError("vertical_sync applies only to schedule 'pipedream'")
+        if self.chunks is not None and self.schedule != "interleaved-1f1b":
+            raise ValueError("chunks applies only to schedule 'interleaved-1f1b'")
+        if self.waves is not None and self.schedule != "hanayo":
+            raise ValueError("waves applies only to schedule 'hanayo'")
+        if self.stages != "auto":
+            v = self.chunks_per_stage
+            if self.stages * v > layers:
+                raise ValueError(
+                    f"{self.schedule} with {self.stages} stages cuts the model into "
+                    f"{self.stages * v} chunks ({v} per stage), more than its {layers} layers"
+                )
+            if self.schedule == "interleaved-1f1b" and self.microbatches != "auto" \
+                    and self.microbatches % self.stages:
+                raise ValueError(f"interleaved-1f1b needs microbatches ({self.microbatches}) to be "
+                                 f"a multiple of stages ({self.stages})")
         return self
+
+    @property
+    def chunks_per_stage(self) -> int:
+        """Model chunks (virtual stages) each stage worker holds under the schedule."""
+        if self.schedule == "interleaved-1f1b":
+            return self.chunks or DEFAULT_CHUNKS
+        if self.schedule == "hanayo":
+            return 2 * (self.waves or DEFAULT_WAVES)
+        return 1
+
+    @property
+    def schedule_args(self) -> ScheduleArgs:
+        """Keyword arguments of ``make_schedule`` beyond the counts (vertical sync, chunks, waves)."""
+        args: ScheduleArgs = {"vertical_sync": self.vertical_sync}
+        if self.schedule == "interleaved-1f1b":
+            args["chunks"] = self.chunks_per_stage
+        elif self.schedule == "hanayo":
+            args["waves"] = self.waves or DEFAULT_WAVES
+        return args
+
+    def placement(self, num_stages: int | None = None) -> Placement:
+        """Which virtual stages each stage worker holds (of a resolved spec, or ``num_stages``)."""
+        return placement_for(self.schedule, num_stages or self.num_stages, **self.schedule_args)
 
     @property
     def is_resolved(self) -> bool:

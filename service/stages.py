@@ -22,6 +22,7 @@ from service.job import JobBase, JobError, stage_bundle
 from service.partition import Partition
 from service.spec import JobSpec
 from workers.stage import StageWorker
+from workers.state import describe, hull, overlaps, payload_chunks
 
 logger = logging.getLogger("service.controller")  # one logger for the whole controller
 
@@ -56,10 +57,10 @@ class StagesMixin(JobBase):
         S = spec.num_stages
         cls = ray.remote(concurrency_groups={"control": 2})(StageWorker)  # type: ignore[call-overload]
         threads = self.opts.threads_per_stage or max(1, (os.cpu_count() or 1) // S)
-        start, end = partition[s]
+        chunks = self._layout(spec, partition)[s]
         return cls.options(num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
                            scheduling_strategy=strategy).remote(
-            spec.model_dump_json(), s, S, start, end, threads)
+            spec.model_dump_json(), s, S, chunks, threads)
 
     def _connect(self) -> None:
         """Form the stages' point-to-point group (after every start or move)."""
@@ -68,18 +69,20 @@ class StagesMixin(JobBase):
         port = ray.get(self.actors[0].rendezvous_port.remote())
         ray.get([a.init_comm.remote(infos[0]["ip"], port) for a in self.actors],
                 timeout=self.opts.ready_timeout_s)
-        where = ", ".join(f"{i['stage']}: layers {i['layers'][0]}-{i['layers'][1] - 1} on {i['device']}"
+        where = ", ".join(f"{i['stage']}: layers {describe(i['chunks'])} on {i['device']}"
                           for i in infos)
         self._emit("info", f"{S} stages ready ({where})", stages=[
-            {k: i[k] for k in ("stage", "layers", "node_id", "device", "params")} for i in infos])
+            {k: i[k] for k in ("stage", "layers", "chunks", "node_id", "device", "params")}
+            for i in infos])
 
     # -- checkpoints -----------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
         d = ckpt.step_dir(self.output, self.step_done)
         d.mkdir(parents=True, exist_ok=True)
         files = ray.get([a.save.remote(str(d / f"stage-{s}.pt")) for s, a in enumerate(self.actors)])
-        stages = [{"stage": s, "layers": list(self.partition[s]), "file": f["file"],
-                   "bytes": f["bytes"]} for s, f in enumerate(files)]
+        stages = [{"stage": s, "layers": list(hull(chunks)), "chunks": [list(c) for c in chunks],
+                   "file": f["file"], "bytes": f["bytes"]}
+                  for s, (f, chunks) in enumerate(zip(files, self._layout(), strict=True))]
         ckpt.write_manifest(d, self.step_done, self.spec.model_dump(mode="json"), stages)
         self.checkpoints.append(str(d))
         self._emit("checkpoint", f"checkpoint at step {self.step_done}", path=str(d))
@@ -101,14 +104,15 @@ class StagesMixin(JobBase):
         """Load the checkpoint into the stages; every stage reads the files that hold its layers,
         so the checkpoint's partition (and stage count) need not be this run's."""
         manifest = ckpt.read_manifest(record.path)
-        files = [(tuple(e["layers"]), str(record.path / e["file"])) for e in manifest["stages"]]
-        ray.get([a.load.remote([f for (a0, b0), f in files if a0 < end and b0 > start])
-                 for a, (start, end) in zip(self.actors, self.partition, strict=True)])
+        files = [(payload_chunks(e), str(record.path / e["file"])) for e in manifest["stages"]]
+        ray.get([a.load.remote([f for theirs, f in files if overlaps(mine, theirs)])
+                 for a, mine in zip(self.actors, self._layout(), strict=True)])
         self.step_done = record.step
         if not self.metrics:  # (not when this job re-partitions itself)
             self.first_step = record.step
-        before = [list(layers) for layers, _ in files]
-        moved = f" (re-partitioned from {before})" if before != [list(b) for b in self.partition] else ""
+        before = [list(c) for chunks, _ in files for c in chunks]
+        moved = f" (re-partitioned from {before})" if sorted(before) != sorted(
+            list(b) for b in self.partition) else ""
         self._emit("info", f"resumed from checkpoint at step {record.step}{moved}",
                    path=str(record.path))
 

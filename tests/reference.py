@@ -10,7 +10,7 @@ history (``history[s][k]``: stage s's weights after k of its own updates since t
 
 Semantics (microbatch m of a run is row block ``m % M`` of step ``first + m // M``):
 
-- sync (gpipe, 1f1b): one step per global batch on the full-batch mean loss (equal to the
+- sync (gpipe, 1f1b, interleaved-1f1b, hanayo): one step per global batch on the full-batch mean loss (equal to the
   average of the M microbatch losses); every stage uses version t for step t.
 - pipedream: an update per microbatch. Within a run of N microbatches stage s warms up with
   ``w_s = min(S - s, N)`` forwards, so F(m) and B(m) use version ``base + max(0, m - w_s + 1)``
@@ -254,7 +254,7 @@ def train_2bw(spec: Any) -> Result:
 
 def train(spec: Any) -> Result:
     """The reference executor for the spec's schedule."""
-    if spec.schedule in ("gpipe", "1f1b"):
+    if spec.schedule in ("gpipe", "1f1b", "interleaved-1f1b", "hanayo"):
         return train_sync(spec)
     if spec.schedule == "pipedream":
         return train_pipedream(spec, spec.vertical_sync)
@@ -300,13 +300,17 @@ def peak_live_versions(n: int, warmup: int, version: Callable[[int], int],
 # ----------------------------------------------------------------------------- comparison
 
 
-def versions_by_microbatch(report) -> dict[int, int]:
-    """microbatch -> version id from a stage's versions_used; F and B of each must agree."""
-    fwd = {m: v for k, m, v in report.versions_used if k == "F"}
-    bwd = {m: v for k, m, v in report.versions_used if k == "B"}
-    assert len(fwd) == len(bwd) == len(report.versions_used) // 2, "one F and one B per microbatch"
-    assert fwd == bwd, f"stage {report.stage}: a backward used another version than its forward"
-    return fwd
+def versions_by_microbatch(report, chunks: int = 1) -> dict[int, int]:
+    """microbatch -> version id from a stage's versions_used; every F and B of a microbatch (one
+    of each per chunk the stage holds) must agree."""
+    seen: dict[int, set[int]] = {}
+    for _, m, v in report.versions_used:
+        seen.setdefault(m, set()).add(v)
+    count = {m: sum(1 for _, mm, _ in report.versions_used if mm == m) for m in seen}
+    assert set(count.values()) == {2 * chunks}, "one F and one B per microbatch and chunk"
+    assert all(len(vs) == 1 for vs in seen.values()), \
+        f"stage {report.stage}: a backward used another version than its forward"
+    return {m: next(iter(vs)) for m, vs in seen.items()}
 
 
 def key_bias_bound(spec, updates: int) -> float:

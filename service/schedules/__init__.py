@@ -7,6 +7,7 @@ from service.schedules.registry import (
     CHUNKED_SCHEDULE_NAMES,
     SCHEDULE_NAMES,
     make_schedule,
+    placement_for,
 )
 from service.schedules.schedule import Schedule, ScheduleError
 from service.schedules.simulate import Costs, SimResult, simulate, steady_state_bubble
@@ -24,6 +25,7 @@ __all__ = [
     "ScheduleError",
     "SimResult",
     "make_schedule",
+    "placement_for",
     "simulate",
     "steady_state_bubble",
     "validate",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from service.schedules import gpipe, hanayo, interleaved, one_f_one_b, pipedream, two_bw
+from service.schedules.placement import Placement, looped, single
+from service.schedules.placement import waves as wave_placement
 from service.schedules.schedule import Schedule
 from service.schedules.validate import validate
 
-# one chunk per stage; the job spec (service/spec.py) accepts exactly these
+# one chunk per stage
 SCHEDULE_NAMES = ("gpipe", "1f1b", "pipedream", "2bw")
-# several chunks (virtual stages) per stage; the engine does not run these yet
+# several chunks (virtual stages) per stage
 CHUNKED_SCHEDULE_NAMES = ("interleaved-1f1b", "hanayo")
 ALL_SCHEDULE_NAMES = SCHEDULE_NAMES + CHUNKED_SCHEDULE_NAMES
 
@@ -65,3 +67,20 @@ def make_schedule(
         schedule = generate(num_stages, num_microbatches, num_steps)
     validate(schedule)
     return schedule
+
+
+def placement_for(
+    name: str,
+    num_stages: int,
+    *,
+    vertical_sync: bool = False,
+    chunks: int | None = None,
+    waves: int | None = None,
+) -> Placement:
+    """The chunk placement the named schedule runs on (one chunk per stage for the classic ones);
+    takes ``make_schedule``'s keyword arguments."""
+    if name == "interleaved-1f1b":
+        return looped(num_stages, DEFAULT_CHUNKS if chunks is None else chunks)
+    if name == "hanayo":
+        return wave_placement(num_stages, DEFAULT_WAVES if waves is None else waves)
+    return single(num_stages)
