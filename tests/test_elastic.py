@@ -335,6 +335,51 @@ def test_a_move_keeps_each_schedules_semantics(cluster: Any, workers: list[Any],
     assert [m.loss for m in live.metrics[k:]] == [m.loss for m in second.metrics]
 
 
+@pytest.mark.slow
+def test_hanayo_job_grows_from_2_to_3_workers(cluster: Any, workers: list[Any], make_spec,
+                                             tmp_path: Path) -> None:
+    """A hanayo job (one wave: 2 chunks per worker) on 2 workers; a 3rd node joins mid-job: the
+    chunks move live to the 3-worker wave placement (4 chunks -> 6), the whole state bitwise the
+    same across the move (digests of every tensor), every step run once, and the job finishes.
+    The live move is exactly a stop and a restart in the new layout: the same job stopped at the
+    move's step on 2 workers and resumed from its checkpoint on 3 ends bitwise equal."""
+    workers += add_workers(cluster, 2)
+    connect(cluster)
+    opts = options(tmp_path)
+    common = {"model": DEEP, "schedule": "hanayo", "microbatches": 4, "partition": "auto",
+              "batch_size": 16}
+    spec = make_spec(stages="auto", steps=24, elastic={"min_stages": 2, "max_stages": 3}, **common)
+    ctl = JobController(spec, tmp_path / "hanayo", opts)
+    while not ctl.state.is_terminal:
+        ctl.step()
+        if ctl.state is JobState.RUNNING and ctl.step_done >= 6 and len(workers) == 2:
+            workers += add_workers(cluster, 1)
+    summary = ctl.summary()
+    assert summary.state == "SUCCEEDED", summary.reason
+    (move,) = [e.data for e in ctl.events if e.kind == "rebalance"]
+    k = move["step"]
+    assert (move["stages_before"], move["stages_after"]) == (2, 3)
+    assert len(move["before"]) == 4 and len(move["after"]) == 6  # chunks: 2 per worker
+    assert move["verified"] and 6 <= k < 24
+    # after the move each worker holds chunks w and 5 - w of the 6 (the V of one wave)
+    ready = [e.data["stages"] for e in ctl.events if e.kind == "info" and "stages" in e.data][-1]
+    part = [tuple(b) for b in ctl.partition]
+    assert [[tuple(c) for c in st["chunks"]] for st in ready] == [[part[w], part[5 - w]] for w in range(3)]
+    assert [m.step for m in ctl.metrics] == list(range(1, 25))  # nothing skipped, nothing twice
+    # the same job in two parts: k steps on 2 workers, then a resume on 3 (from the checkpoint)
+    same_runs = ControllerOptions(**{**vars(opts), "max_run_steps": opts.elastic_run_steps})
+    first = JobController(make_spec(stages=2, steps=k, **common), tmp_path / "parts", same_runs)
+    assert first.run().state == "SUCCEEDED"
+    second = JobController(make_spec(stages=3, steps=24, **common), tmp_path / "parts",
+                           ControllerOptions(**{**vars(same_runs), "resume": True}))
+    assert second.run().state == "SUCCEEDED" and second.first_step == k
+    assert [list(b) for b in second.partition] == move["after"]
+    a, b = load_model_state(ctl.checkpoints[-1]), load_model_state(second.checkpoints[-1])
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [m.loss for m in ctl.metrics[k:]] == [m.loss for m in second.metrics]
+
+
 def test_job_survives_a_node_dying_mid_step(cluster: Any, workers: list[Any], fixed_run,
                                             make_spec, tmp_path: Path) -> None:
     """3 nodes, 3 stages; the middle stage's node is killed in the middle of a run, no warning.
