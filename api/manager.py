@@ -197,7 +197,8 @@ class JobManager:
         output = Path(row.output)
         output.mkdir(parents=True, exist_ok=True)
         run = _Running(job_id, spec)
-        sync = spec.schedule in ("gpipe", "1f1b")  # a run boundary is free for flush schedules
+        # a run boundary is free for flush schedules (all but the asynchronous ones)
+        sync = spec.schedule not in ("pipedream", "2bw")
         embedded = self.settings.ray_address is None  # this machine's cores are shared by all stages
         opts_cpus = self.settings.cpus_per_stage  # on a cluster: a stage's threads
         opts = ControllerOptions(cpus_per_stage=self.settings.cpus_per_stage, resume=True,
@@ -249,11 +250,7 @@ class JobManager:
             self.store.set_phase(run.job_id, ev.data["state"], ctl.reason, **fields)
             return
         if ev.kind == "info" and "stages" in ev.data:  # "N stages ready": where each stage runs
-            names = _layer_names(ctl.spec)
-            run.stage_nodes = [{"stage": st["stage"], "layers": list(st["layers"]),
-                                "layer_names": names[st["layers"][0]:st["layers"][1]],
-                                "node_id": st["node_id"], "device": st["device"]}
-                               for st in ev.data["stages"]]
+            run.stage_nodes = stage_placement(ev.data["stages"], _layer_names(ctl.spec))
             self.store.update(run.job_id, placement_json=json.dumps(run.stage_nodes),
                               slots=len(run.stage_nodes))
         if ev.kind == "checkpoint":
@@ -284,23 +281,41 @@ class JobManager:
                                                         run.controller.spec.num_microbatches))
 
 
+def stage_placement(stages: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """Where each stage runs, from the "N stages ready" event's ``stages``: its layers (the hull),
+    its chunks ([start, end) per chunk, in chunk order; data without them is one chunk, its
+    layers) and the names of its layers in chunk order."""
+    out = []
+    for st in stages:
+        layers = [int(v) for v in st["layers"]]
+        chunks = [[int(a), int(b)] for a, b in st.get("chunks") or [layers]]
+        out.append({"stage": st["stage"], "layers": layers, "chunks": chunks,
+                    "layer_names": [n for a, b in chunks for n in names[a:b]],
+                    "node_id": st["node_id"], "device": st["device"]})
+    return out
+
+
 def timeline_of(reports: list[Any], first: int, count: int, microbatches: int, last: int = 4) -> Timeline:
-    """The spans of a run's last ``last`` steps, relative to the first of them."""
+    """The spans of a run's last ``last`` steps, relative to the first of them; each says which
+    of its stage's chunks ran it."""
     lo = max(first, first + count - last)  # global step index (0-based) of the first kept step
     spans = []
+    chunks = 1
     for rep in reports:
         for action, start, end in rep.spans:
+            chunks = max(chunks, action.chunk + 1)
             step = first + action.microbatch // microbatches
             if step >= lo:
                 spans.append((rep.stage, str(action.kind), action.microbatch % microbatches, step + 1,
-                              start, end))
+                              action.chunk, start, end))
     if not spans:
-        return Timeline(stages=len(reports), steps=[lo + 1, first + count])
-    t0 = min(s[4] for s in spans)
-    t1 = max(s[5] for s in spans)
-    return Timeline(stages=len(reports), steps=[lo + 1, first + count], t0=t0, duration_s=t1 - t0,
-                    spans=[{"stage": st, "kind": k, "microbatch": mb, "step": sp, "start": a - t0,
-                            "end": b - t0} for st, k, mb, sp, a, b in spans])
+        return Timeline(stages=len(reports), chunks_per_stage=chunks, steps=[lo + 1, first + count])
+    t0 = min(s[5] for s in spans)
+    t1 = max(s[6] for s in spans)
+    return Timeline(stages=len(reports), chunks_per_stage=chunks, steps=[lo + 1, first + count], t0=t0,
+                    duration_s=t1 - t0,
+                    spans=[{"stage": st, "kind": k, "microbatch": mb, "step": sp, "chunk": c,
+                            "start": a - t0, "end": b - t0} for st, k, mb, sp, c, a, b in spans])
 
 
 def free_slots_per_node(cpus_per_stage: float) -> dict[str, int]:

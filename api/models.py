@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class ApiState(StrEnum):
@@ -32,10 +32,24 @@ PHASE_TO_STATE = {
 }
 
 
-class StagePlacement(BaseModel):
+class _Chunked(BaseModel):
+    """A stage worker's ``layers`` (the hull [first, end) of its chunks) and ``chunks`` (the
+    [start, end) layer range of each chunk, in chunk order; one for single-chunk schedules).
+    Data stored before chunks existed has none: then it is one chunk, ``layers``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_chunk_by_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("chunks") and "layers" in data:
+            return {**data, "chunks": [list(data["layers"])]}
+        return data
+
+
+class StagePlacement(_Chunked):
     stage: int
     layers: list[int]  # [first, end)
-    layer_names: list[str] = []
+    chunks: list[list[int]] = []  # [[start, end), ...] in chunk order
+    layer_names: list[str] = []  # the names of all its layers, in chunk order
     node_id: str | None = None
     device: str | None = None
 
@@ -114,10 +128,12 @@ class Span(BaseModel):
     step: int
     start: float
     end: float
+    chunk: int = 0  # which of the stage's chunks (virtual stages) ran it
 
 
 class Timeline(BaseModel):
     stages: int = 0
+    chunks_per_stage: int = 1
     steps: list[int] = []
     t0: float = 0.0
     duration_s: float = 0.0
@@ -143,12 +159,13 @@ class SlotSummary(BaseModel):
     cpus_per_stage: float
 
 
-class StageOnNode(BaseModel):
+class StageOnNode(_Chunked):
     job_id: str
     job_name: str
     stage: int
     node_id: str | None
     layers: list[int]
+    chunks: list[list[int]] = []
 
 
 class ClusterPublic(BaseModel):

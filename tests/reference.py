@@ -10,8 +10,8 @@ history (``history[s][k]``: stage s's weights after k of its own updates since t
 
 Semantics (microbatch m of a run is row block ``m % M`` of step ``first + m // M``):
 
-- sync (gpipe, 1f1b, interleaved-1f1b, hanayo): one step per global batch on the full-batch mean loss (equal to the
-  average of the M microbatch losses); every stage uses version t for step t.
+- sync (gpipe, 1f1b, interleaved-1f1b, hanayo): one step per global batch on the full-batch mean
+  loss (equal to the average of the M microbatch losses); every stage uses version t for step t.
 - pipedream: an update per microbatch. Within a run of N microbatches stage s warms up with
   ``w_s = min(S - s, N)`` forwards, so F(m) and B(m) use version ``base + max(0, m - w_s + 1)``
   (base: updates before the run); with vertical sync every stage uses stage 0's

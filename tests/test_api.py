@@ -62,6 +62,7 @@ def test_submit_follow_metrics_timeline_logs(server: Server) -> None:
         assert done["state"] == "SUCCEEDED" and done["step"] == 48 and done["progress"] == 1.0
         assert done["stages"] == 2 and [p["stage"] for p in done["placement"]] == [0, 1]
         assert done["placement"][0]["layer_names"][0] == "embed"
+        assert all(p["chunks"] == [p["layers"]] for p in done["placement"])  # one chunk per stage
         points = c.get(f"/jobs/{job['id']}/metrics").json()["items"]
         assert [p["step"] for p in points] == list(range(1, 49))
         assert all(len(p["stage_busy_s"]) == 2 and p["loss"] > 0 for p in points)
@@ -71,6 +72,7 @@ def test_submit_follow_metrics_timeline_logs(server: Server) -> None:
         tl = c.get(f"/jobs/{job['id']}/timeline").json()
         assert tl["stages"] == 2 and {s["stage"] for s in tl["spans"]} == {0, 1}
         assert {s["kind"] for s in tl["spans"]} == {"F", "B"}
+        assert tl["chunks_per_stage"] == 1 and all(s["chunk"] == 0 for s in tl["spans"])
         assert all(0 <= s["start"] <= s["end"] <= tl["duration_s"] + 1e-9 for s in tl["spans"])
 
         ckpts = c.get(f"/jobs/{job['id']}/checkpoints").json()["items"]
@@ -106,6 +108,10 @@ def test_queue_cancel_delete(server: Server) -> None:
     with server.client() as c:
         big = submit(c, tiny_job(name="big", stages=RAY_CPUS, steps=1_000_000))
         server.wait_state(big["id"], {"RUNNING"})
+        placed = wait_for(lambda: [st for st in c.get("/cluster").json()["stages"]
+                                   if st["job_id"] == big["id"]], 30, "the big job's stages on /cluster")
+        assert sorted(st["stage"] for st in placed) == list(range(RAY_CPUS))
+        assert all(st["chunks"] == [st["layers"]] for st in placed)
         second = submit(c, tiny_job(name="second", stages=2, steps=1_000_000))
         wait_for(lambda: "free" in server.job(second["id"])["reason"], 30, "a queue reason")
         queued = server.job(second["id"])

@@ -60,7 +60,7 @@ def test_chunked_checkpoint_resumes_on_another_layout(make_spec, run_job, tmp_pa
     (chunks 0+5 / 1+4 / 2+3): every stage takes its layers from whichever files hold them; 5 + 5
     steps equal 10 unpipelined ones."""
     common = {"schedule": "hanayo", "microbatches": 4, "batch_size": 8, "checkpoint": {"every_steps": 5}}
-    ctl, summary = run_job(make_spec(stages=2, steps=5, **common), tmp_path)
+    _, summary = run_job(make_spec(stages=2, steps=5, **common), tmp_path)
     assert summary.state == "SUCCEEDED", summary.reason
     second = make_spec(stages=3, steps=10, **common)
     ctl2, summary2 = run_job(second, tmp_path, resume=True)

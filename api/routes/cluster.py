@@ -37,7 +37,7 @@ def cluster(settings: SettingsDep, manager: ManagerDep) -> ClusterPublic:
     total = sum(n.slots for n in nodes)
     free = sum(int(n.available_cpus // cps) for n in nodes if n.state == "ALIVE")
     stages = [StageOnNode(job_id=job_id, job_name=name, stage=st["stage"], node_id=st.get("node_id"),
-                          layers=st["layers"])
+                          layers=st["layers"], chunks=st.get("chunks") or [])
               for job_id, name, placed in manager.placements() for st in placed]
     return ClusterPublic(nodes=nodes, slots=SlotSummary(total=total, free=free, cpus_per_stage=cps),
                          stages=stages)

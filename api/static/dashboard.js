@@ -16,6 +16,7 @@
     "elastic", "recovery", "checkpoint", "error", "service"];
   const HIGHLIGHT_KINDS = new Set(["rebalance", "recovery", "error"]);
   const AUTH_MESSAGE = "Not signed in: open /login?token=YOUR_TOKEN";
+  const CHUNK_SHADES = 4;               // colour shades per span kind for chunks (then they repeat)
 
   const app = document.getElementById("app");
   const banner = document.getElementById("banner");
@@ -80,6 +81,16 @@
     if (!Array.isArray(layers) || layers.length < 2) return dash;
     return `${layers[0]}–${layers[1] - 1}`;
   }
+  // a stage's chunks ([[a, b), ...] in chunk order); data without them: one chunk, its layers
+  function stageChunks(p) {
+    if (Array.isArray(p.chunks) && p.chunks.length) return p.chunks;
+    return Array.isArray(p.layers) ? [p.layers] : [];
+  }
+  // a chunk's layers: "a–(b-1)", or "a" for one layer
+  function chunkRange(c) {
+    return Array.isArray(c) && c.length === 2 && c[1] - c[0] === 1 ? String(c[0]) : layerRange(c);
+  }
+  const chunkShade = (chunk) => `c${chunk % CHUNK_SHADES}`;
 
   // Returns a function that runs fn at most once per `ms` (trailing call kept).
   function throttle(fn, ms) {
@@ -335,6 +346,7 @@
       stageMap: el("div", { id: "stage-map", class: "stage-map" }),
       timeline: svgEl("svg", { id: "timeline", class: "timeline", role: "img", "aria-label": "pipeline timeline" }),
       timelineInfo: el("span", { class: "muted small" }),
+      chunkLegend: el("span", { id: "chunk-legend", class: "legend small", hidden: true }),
       events: el("ul", { id: "events", class: "events" }),
       eventCount: el("span", { class: "muted small" }),
       streamStatus: el("span", { id: "stream-status", class: "stream-status small" }, "connecting…"),
@@ -355,7 +367,8 @@
         el("section", { class: "card" }, el("h2", {}, "Throughput (samples/s)"), el("div", { class: "chart-box" }, ui.rateChart))),
       el("section", { class: "card" }, el("h2", {}, "Stages → nodes"), ui.stageMap),
       el("section", { class: "card" },
-        el("div", { class: "card-head" }, el("h2", {}, "Pipeline timeline"), ui.timelineInfo, el("span", { class: "spacer" }), legend),
+        el("div", { class: "card-head" }, el("h2", {}, "Pipeline timeline"), ui.timelineInfo, el("span", { class: "spacer" }),
+          legend, ui.chunkLegend),
         el("div", { class: "chart-box", id: "timeline-box" }, ui.timeline)),
       el("section", { class: "card" },
         el("div", { class: "card-head" }, el("h2", {}, "Events"), ui.eventCount, el("span", { class: "spacer" }), ui.streamStatus),
@@ -547,6 +560,8 @@
     const sorted = [...placement].sort((a, b) => a.stage - b.stage);
     box.replaceChildren(...sorted.map((p) => {
       const names = p.layer_names || [];
+      const chunks = stageChunks(p);
+      if (chunks.length > 1) return chunkedStage(p, chunks, names);
       const n = Array.isArray(p.layers) && p.layers.length === 2 ? p.layers[1] - p.layers[0] : names.length;
       return el("div", { class: "stage", "data-stage": p.stage },
         el("div", { class: "stage-head" }, el("strong", {}, `stage ${p.stage}`),
@@ -556,6 +571,28 @@
         el("div", { class: "small" }, "node ", nodeLabel(p.node_id)),
         el("div", { class: "layer-names small", title: names.join(", ") }, names.join(", ") || dash));
     }));
+  }
+
+  // A stage worker holding several chunks: each chunk's layer range, and its layers' names
+  // (layer_names lists all the worker's layers in chunk order).
+  function chunkedStage(p, chunks, names) {
+    const sizes = chunks.map((c) => (Array.isArray(c) && c.length === 2 ? Math.max(0, c[1] - c[0]) : 0));
+    const n = sizes.reduce((a, b) => a + b, 0);
+    let at = 0;
+    const lines = chunks.map((c, k) => {
+      const mine = names.length >= n ? names.slice(at, at + sizes[k]) : [];
+      at += sizes[k];
+      return el("div", { class: "chunk-names", "data-chunk": k, title: mine.join(", ") },
+        el("span", { class: `chunk-tag chunk-tag-${chunkShade(k)}` }, `c${k}`), " ",
+        mine.join(", ") || chunkRange(c));
+    });
+    return el("div", { class: "stage", "data-stage": p.stage, "data-chunks": chunks.length },
+      el("div", { class: "stage-head" }, el("strong", {}, `stage ${p.stage}`),
+        el("span", { class: "muted small" }, p.device || "")),
+      el("div", {}, "layers ", el("strong", { class: "layer-range" }, chunks.map(chunkRange).join(", ")),
+        el("span", { class: "muted small" }, ` (${n} layer${n === 1 ? "" : "s"} in ${chunks.length} chunks)`)),
+      el("div", { class: "small" }, "node ", nodeLabel(p.node_id)),
+      el("div", { class: "layer-names small" }, lines));
   }
 
   // ---------------------------------------------------------------- line charts
@@ -647,6 +684,10 @@
     const tl = st.timeline || { stages: 0, spans: [], duration_s: 0, steps: [] };
     const spans = tl.spans || [];
     const maxStage = spans.reduce((mx, s) => Math.max(mx, s.stage), -1);
+    // chunks (virtual stages) per stage worker: several are told apart by shade, label and legend
+    const nChunks = Math.max(isNum(tl.chunks_per_stage) ? tl.chunks_per_stage : 1,
+      spans.reduce((mx, s) => Math.max(mx, isNum(s.chunk) ? s.chunk + 1 : 1), 1));
+    const chunked = nChunks > 1;
     const nStages = Math.max(tl.stages || 0, maxStage + 1, spans.length ? 0 : (st.job && st.job.stages) || 0);
     const W = chartWidth(svg, 1100);
     const m = { l: 70, r: 70, t: 20, b: 34 };
@@ -660,7 +701,8 @@
     svg.setAttribute("data-spans", spans.length);
     const steps = Array.isArray(tl.steps) && tl.steps.length === 2 ? `steps ${tl.steps[0]}–${tl.steps[1]}` : "";
     ui.timelineInfo.textContent = spans.length
-      ? `${steps}, ${(tl.duration_s * 1000).toFixed(1)} ms` : "";
+      ? `${steps}, ${(tl.duration_s * 1000).toFixed(1)} ms${chunked ? `, ${nChunks} chunks per stage` : ""}` : "";
+    drawChunkLegend(ui.chunkLegend, chunked ? nChunks : 0);
 
     const dur = Math.max(tl.duration_s || 0, ...spans.map((s) => s.end), 0) || 1;
     const sx = (t) => m.l + (t / dur) * pw;
@@ -684,7 +726,7 @@
         svgEl("rect", { class: "lane", x: m.l, y, width: pw, height: rowH }),
         svgEl("text", { class: "row-label", x: m.l - 8, y: y + rowH / 2 + 4, "text-anchor": "end" }, `stage ${stage}`),
         svgEl("text", { class: "row-busy", x: W - m.r + 8, y: y + rowH / 2 + 4 }, pct));
-      for (const s of mine) row.append(...spanRect(s, sx, y, rowH));
+      for (const s of mine) row.append(...spanRect(s, sx, y, rowH, chunked));
       parts.push(row);
     }
     if (!spans.length) {
@@ -704,18 +746,37 @@
     svg.replaceChildren(...parts);
   }
 
+  // One entry per chunk (its F and B shades) when stages hold several; hidden otherwise.
+  function drawChunkLegend(box, nChunks) {
+    box.hidden = nChunks < 2;
+    const keys = [];
+    for (let k = 0; k < nChunks; k++) {
+      keys.push(el("span", { class: "chunk-key", "data-chunk": k },
+        el("span", { class: `swatch swatch-F swatch-${chunkShade(k)}` }),
+        el("span", { class: `swatch swatch-B swatch-pair swatch-${chunkShade(k)}` }),
+        el("span", { class: "chunk-key-text" }, `chunk ${k}`)));
+    }
+    box.replaceChildren(...keys);
+  }
+
   // A span's rect (+ its microbatch number when wide enough), as direct children of the row.
-  function spanRect(s, sx, y, rowH) {
+  // With several chunks per stage the chunk picks the shade and shows in the label ("3c1": mb 3
+  // on chunk 1) and the tooltip.
+  function spanRect(s, sx, y, rowH, chunked) {
     const kind = s.kind === "B" ? "B" : "F";
+    const chunk = isNum(s.chunk) ? s.chunk : 0;
+    const shade = chunked ? ` span-${chunkShade(chunk)}` : "";
     const x = sx(s.start);
     const w = Math.max(1, sx(s.end) - x);
-    const rect = svgEl("rect", { class: `span span-${kind}`, x: x.toFixed(2), y: y + 2, width: w.toFixed(2),
-      height: rowH - 4, rx: 2, "data-microbatch": s.microbatch, "data-step": s.step },
-    svgEl("title", {}, `${kind === "F" ? "forward" : "backward"} mb ${s.microbatch}, step ${s.step}: ` +
+    const rect = svgEl("rect", { class: `span span-${kind}${shade}`, x: x.toFixed(2), y: y + 2, width: w.toFixed(2),
+      height: rowH - 4, rx: 2, "data-microbatch": s.microbatch, "data-step": s.step,
+      "data-chunk": chunked ? chunk : null },
+    svgEl("title", {}, `${kind === "F" ? "forward" : "backward"} mb ${s.microbatch}` +
+      `${chunked ? `, chunk ${chunk}` : ""}, step ${s.step}: ` +
       `${(s.start * 1000).toFixed(1)}–${(s.end * 1000).toFixed(1)} ms`));
-    const label = String(s.microbatch);
+    const label = chunked ? `${s.microbatch}c${chunk}` : String(s.microbatch);
     if (w < label.length * 7 + 4) return [rect];
-    return [rect, svgEl("text", { class: `span-label span-label-${kind}`, x: (x + w / 2).toFixed(2),
+    return [rect, svgEl("text", { class: `span-label span-label-${kind}${shade}`, x: (x + w / 2).toFixed(2),
       y: y + rowH / 2 + 4, "text-anchor": "middle" }, label)];
   }
 
