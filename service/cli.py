@@ -35,8 +35,7 @@ def fail(message: str, code: int = 2) -> None:
 @app.command()
 def schedule(
     name: Annotated[str, typer.Argument(
-        help="gpipe | 1f1b | pipedream | 2bw | interleaved-1f1b | hanayo (the last two: schedules only, "
-             "not yet trainable)")],
+        help="gpipe | 1f1b | pipedream | 2bw | interleaved-1f1b | hanayo")],
     stages: Annotated[int, typer.Option("--stages", "-s", min=1, max=64)] = 4,
     microbatches: Annotated[int, typer.Option("--microbatches", "-m", min=1, max=1024)] = 8,
     steps: Annotated[int, typer.Option("--steps", min=1, max=1000)] = 1,

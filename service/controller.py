@@ -132,7 +132,8 @@ class JobController(MovesMixin, RecoveryMixin):
                               microbatches=microbatches, max_stages=bound)
         except InfeasibleError as err:
             raise JobError(f"cannot place the job: {err}") from None
-        self.spec = req.resolve(jp.stages, jp.microbatches)
+        self.spec = req.resolve(jp.stages, jp.microbatches, schedule=jp.schedule,
+                                chunks=jp.chunks, waves=jp.waves)
         self._adopt(jp)
         self._layers, self._slots, self._speeds = profile.layers, slots, profile.speeds
         self._request_slots()

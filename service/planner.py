@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 UPDATE_S_PER_PARAM_BYTE = {"adam": 0.23e-9, "adamw": 0.23e-9, "sgd_momentum": 0.2e-9, "sgd": 0.12e-9}
 ASYNC_SCHEDULES = ("pipedream", "2bw")
 MAX_STAGES = 64
+# schedule "auto" weighs these: the synchronous schedules, which all train exactly what
+# unpipelined training does (the asynchronous ones change the numerics: never chosen for you)
+AUTO_SCHEDULES = ("1f1b", "gpipe", "interleaved-1f1b", "hanayo")
+AUTO_CHUNKS = (2, 3, 4)  # interleaved-1f1b's chunks per stage under "auto"
+AUTO_WAVES = (1, 2, 3, 4)  # hanayo's waves under "auto"
 TIE_TOLERANCE = 0.01  # throughputs within 1% are a tie: fewer stages (then microbatches) win
 
 
@@ -61,6 +66,18 @@ class JobPlan:
     predicted_stage_busy_s: tuple[float, ...]  # per stage, per step
     reason: str
     stage_budgets: tuple[int | None, ...] = ()
+    schedule: str = ""  # the schedule planned for (the planner's choice under schedule "auto")
+    chunks: int | None = None  # interleaved-1f1b's chunks per stage, as planned
+    waves: int | None = None  # hanayo's waves, as planned
+
+    @property
+    def schedule_label(self) -> str:
+        """``1f1b``, ``interleaved-1f1b (3 chunks)``, ``hanayo (2 waves)``."""
+        if self.chunks is not None:
+            return f"{self.schedule} ({self.chunks} chunks)"
+        if self.waves is not None:
+            return f"{self.schedule} ({self.waves} wave{'s' if self.waves > 1 else ''})"
+        return self.schedule
 
     def to_dict(self) -> dict[str, Any]:
         stages = []
@@ -73,6 +90,9 @@ class JobPlan:
             row["budget_bytes"] = self.stage_budgets[w] if w < len(self.stage_budgets) else None
             stages.append(row)
         return {
+            "schedule": self.schedule,
+            "chunks": self.chunks,
+            "waves": self.waves,
             "stages": self.stages,
             "microbatches": self.microbatches,
             "partition": [list(b) for b in self.plan.partition],
@@ -193,6 +213,24 @@ def _place(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], st
                         link, chunks=args.get("chunks"), waves=args.get("waves"))
 
 
+def schedule_variants(spec: JobSpec) -> list[JobSpec]:
+    """The concrete schedules the planner weighs for ``spec``: its own, or under schedule "auto"
+    every synchronous one; chunks / waves "auto" (or unset under schedule "auto") try each of
+    ``AUTO_CHUNKS`` / ``AUTO_WAVES``. Simplest first: ties go to the earlier."""
+    auto = spec.schedule == "auto"
+    out = []
+    for name in AUTO_SCHEDULES if auto else (spec.schedule,):
+        chunks: list[int | None] = [None if spec.chunks == "auto" else spec.chunks]
+        waves: list[int | None] = [None if spec.waves == "auto" else spec.waves]
+        if name == "interleaved-1f1b" and (auto or spec.chunks == "auto"):
+            chunks = list(AUTO_CHUNKS)
+        if name == "hanayo" and (auto or spec.waves == "auto"):
+            waves = list(AUTO_WAVES)
+        out += [spec.model_copy(update={"schedule": name, "chunks": c, "waves": w})
+                for c in chunks for w in waves]
+    return out
+
+
 def _stages_word(n: int) -> str:
     return f"{n} stage{'s' if n != 1 else ''}"
 
@@ -213,32 +251,40 @@ def plan_job(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], 
         counts = list(range(1, top + 1))
     optimizer = optimizer_name(spec)
     profiled = spec.microbatch_size
+    variants = schedule_variants(spec)
     results: list[tuple[float, int, int, JobPlan]] = []  # (samples/s, S, M, plan)
     first_error: InfeasibleError | None = None
     for s in counts:
-        ms = [microbatches] if microbatches is not None else \
-            microbatch_candidates(spec.batch_size, s, spec.schedule)
-        for m in ms:
-            if spec.batch_size % m:
-                raise ValueError(f"batch_size ({spec.batch_size}) must be divisible by microbatches ({m})")
-            scaled = _scaled(layers, (spec.batch_size // m) / profiled)
-            try:
-                pl = _place(spec, scaled, slots, s, m, optimizer, link)
-            except InfeasibleError as err:
-                first_error = first_error or err
-                continue
-            step_s, busy = _simulate(spec, scaled, pl, slots, m, link, optimizer)
-            bubbles = [1.0 - b / step_s if step_s > 0 else 0.0 for b in busy]
-            jp = JobPlan(s, m, pl, step_s, spec.batch_size / step_s if step_s > 0 else float("inf"),
-                         sum(bubbles) / len(bubbles), busy, "", _budgets(pl, slots))
-            results.append((jp.predicted_samples_per_s, s, m, jp))
+        for var in variants:
+            ms = [microbatches] if microbatches is not None else \
+                microbatch_candidates(spec.batch_size, s, var.schedule)
+            for m in ms:
+                if spec.batch_size % m:
+                    raise ValueError(f"batch_size ({spec.batch_size}) must be divisible by "
+                                     f"microbatches ({m})")
+                scaled = _scaled(layers, (spec.batch_size // m) / profiled)
+                try:
+                    pl = _place(var, scaled, slots, s, m, optimizer, link)
+                except InfeasibleError as err:
+                    first_error = first_error or err
+                    continue
+                step_s, busy = _simulate(var, scaled, pl, slots, m, link, optimizer)
+                bubbles = [1.0 - b / step_s if step_s > 0 else 0.0 for b in busy]
+                args = var.schedule_args
+                jp = JobPlan(s, m, pl, step_s, spec.batch_size / step_s if step_s > 0 else float("inf"),
+                             sum(bubbles) / len(bubbles), busy, "", _budgets(pl, slots),
+                             var.schedule, args.get("chunks"), args.get("waves"))
+                results.append((jp.predicted_samples_per_s, s, m, jp))
     if not results:
         assert first_error is not None
         raise first_error
     best_rate = max(r[0] for r in results)
-    # candidates come in (S, M) order: the first within the tolerance has the fewest stages
+    # candidates come in (S, schedule, M) order: the first within the tolerance has the fewest
+    # stages, then the simplest schedule
     rate, s, m, best = next(r for r in results if r[0] >= best_rate * (1 - TIE_TOLERANCE))
     chosen = f"{_stages_word(s)}, {m} microbatches"
+    if len(variants) > 1:
+        chosen = f"{best.schedule_label}, {chosen}"
     if stages is not None and microbatches is not None:
         why = f"{chosen} as given"
     else:
@@ -258,6 +304,12 @@ def plan_job(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], 
         if skipped and stages is None:
             parts.append(f"{skipped} stage count(s) do not fit")
         why = "; ".join(parts)
+    if len(variants) > 1:
+        others = [r for r in results if r[3].schedule_label != best.schedule_label]
+        if others:
+            alt = max(others, key=lambda r: r[0])
+            why += (f"; {best.schedule_label} predicts {rate / alt[0]:.2f}x the best other "
+                    f"schedule ({alt[3].schedule_label}, {_stages_word(alt[1])})")
     tight = [str(sp.stage) for sp in best.plan.stages if sp.limited_by == "memory"]
     if tight:
         why += f"; stage{'s' if len(tight) > 1 else ''} {', '.join(tight)} limited by memory"
@@ -331,15 +383,20 @@ def _mib(n: int | None) -> str:
 
 
 def render_plan(jp: JobPlan, spec: JobSpec, layer_names: Sequence[str]) -> str:
-    """A human-readable plan: one line per stage, then the predicted figures and the reason."""
-    lines = [f"plan for {spec.name}: {spec.schedule}, {_stages_word(jp.stages)}, "
+    """A human-readable plan: one line per stage (per chunk, with its stage, for schedules with
+    several chunks per stage), then the predicted figures and the reason."""
+    lines = [f"plan for {spec.name}: {jp.schedule_label or spec.schedule}, {_stages_word(jp.stages)}, "
              f"{jp.microbatches} microbatches of {spec.batch_size // jp.microbatches}"]
-    rows = [("stage", "layers", "node", "ms/microbatch", "memory / budget", "busy", "limited by")]
+    chunked = jp.plan.placement is not None
+    rows = [("chunk/stage" if chunked else "stage", "layers", "node", "ms/microbatch",
+             "memory / budget", "busy", "limited by")]
     for i, sp in enumerate(jp.plan.stages):
         a, b = sp.layers
-        budget = jp.stage_budgets[i] if i < len(jp.stage_budgets) else None
-        busy = jp.predicted_stage_busy_s[i] / jp.predicted_step_s if jp.predicted_step_s > 0 else 0.0
-        rows.append((str(sp.stage), _range_name(layer_names, a, b), sp.node_id[:12],
+        w = jp.plan.worker_of(i)
+        budget = jp.stage_budgets[w] if w < len(jp.stage_budgets) else None
+        busy = jp.predicted_stage_busy_s[w] / jp.predicted_step_s if jp.predicted_step_s > 0 else 0.0
+        name = f"{sp.stage}/{w}" if chunked else str(sp.stage)
+        rows.append((name, _range_name(layer_names, a, b), sp.node_id[:12],
                      f"{(sp.compute_s + sp.send_s) * 1e3:.2f}",
                      f"{_mib(sp.memory_bytes)} / {_mib(budget)}", f"{busy:.0%}", sp.limited_by))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]

@@ -14,6 +14,8 @@ from service.schedules.registry import DEFAULT_CHUNKS, DEFAULT_WAVES
 from workers.models import num_layers
 
 ScheduleName = Literal["gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"]
+# "auto": the planner picks among the synchronous schedules (service.planner.AUTO_SCHEDULES)
+ScheduleChoice = Literal["gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo", "auto"]
 assert set(ALL_SCHEDULE_NAMES) == {"gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"}
 
 
@@ -120,10 +122,10 @@ class JobSpec(_Strict):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: ModelSpec
     data: DataSpec = StdlibData(kind="stdlib")
-    schedule: ScheduleName = "1f1b"
+    schedule: ScheduleChoice = "1f1b"
     vertical_sync: bool = False
-    chunks: int | None = Field(None, ge=2, le=16)  # interleaved-1f1b: chunks per stage (default 2)
-    waves: int | None = Field(None, ge=1, le=8)  # hanayo: waves, 2 chunks per stage each (default 1)
+    chunks: Annotated[int, Field(ge=2, le=16)] | Auto | None = None  # interleaved-1f1b (default 2)
+    waves: Annotated[int, Field(ge=1, le=8)] | Auto | None = None  # hanayo (default 1)
     partition: Literal["uniform", "auto"] = "auto"
     stages: StageCount = "auto"
     max_stages: int | None = Field(None, ge=1, le=64)
@@ -171,8 +173,11 @@ class JobSpec(_Strict):
             raise ValueError("chunks applies only to schedule 'interleaved-1f1b'")
         if self.waves is not None and self.schedule != "hanayo":
             raise ValueError("waves applies only to schedule 'hanayo'")
-        if self.stages != "auto":
-            v = self.chunks_per_stage
+        if self.partition == "uniform" and "auto" in (self.schedule, self.chunks, self.waves):
+            raise ValueError("partition 'uniform' needs the schedule (and its chunks or waves) given "
+                             "(or use partition 'auto')")
+        v = self._chunks_known
+        if self.stages != "auto" and v is not None:
             if self.stages * v > layers:
                 raise ValueError(
                     f"{self.schedule} with {self.stages} stages cuts the model into "
@@ -185,13 +190,23 @@ class JobSpec(_Strict):
         return self
 
     @property
+    def _chunks_known(self) -> int | None:
+        """Chunks per stage, or None while the planner has still to choose them."""
+        if self.schedule == "auto" or "auto" in (self.chunks, self.waves):
+            return None
+        if self.schedule == "interleaved-1f1b":
+            return int(self.chunks or DEFAULT_CHUNKS)
+        if self.schedule == "hanayo":
+            return 2 * int(self.waves or DEFAULT_WAVES)
+        return 1
+
+    @property
     def chunks_per_stage(self) -> int:
         """Model chunks (virtual stages) each stage worker holds under the schedule."""
-        if self.schedule == "interleaved-1f1b":
-            return self.chunks or DEFAULT_CHUNKS
-        if self.schedule == "hanayo":
-            return 2 * (self.waves or DEFAULT_WAVES)
-        return 1
+        v = self._chunks_known
+        if v is None:
+            raise ValueError(f"job {self.name}: the schedule is not resolved yet")
+        return v
 
     @property
     def schedule_args(self) -> ScheduleArgs:
@@ -200,7 +215,7 @@ class JobSpec(_Strict):
         if self.schedule == "interleaved-1f1b":
             args["chunks"] = self.chunks_per_stage
         elif self.schedule == "hanayo":
-            args["waves"] = self.waves or DEFAULT_WAVES
+            args["waves"] = self.chunks_per_stage // 2
         return args
 
     def placement(self, num_stages: int | None = None) -> Placement:
@@ -209,7 +224,7 @@ class JobSpec(_Strict):
 
     @property
     def is_resolved(self) -> bool:
-        return self.stages != "auto" and self.microbatches != "auto"
+        return "auto" not in (self.stages, self.microbatches, self.schedule, self.chunks, self.waves)
 
     @property
     def num_stages(self) -> int:
@@ -232,10 +247,15 @@ class JobSpec(_Strict):
             return self.batch_size // max(_divisors_up_to(self.batch_size, 4))
         return self.batch_size // self.microbatches
 
-    def resolve(self, stages: int, microbatches: int, keep_bounds: bool = False) -> JobSpec:
-        """This spec with the planner's choices filled in (validated again)."""
+    def resolve(self, stages: int, microbatches: int, keep_bounds: bool = False,
+                schedule: str | None = None, chunks: int | None = None,
+                waves: int | None = None) -> JobSpec:
+        """This spec with the planner's choices filled in (validated again); ``schedule`` (with
+        its ``chunks`` or ``waves``) replaces the schedule when given."""
         data = self.model_dump(mode="json")
         data.update(stages=stages, microbatches=microbatches)
+        if schedule is not None:
+            data.update(schedule=schedule, chunks=chunks, waves=waves)
         if not keep_bounds:
             data.update(max_stages=None)
         try:
@@ -244,15 +264,26 @@ class JobSpec(_Strict):
             raise SpecError(f"invalid job spec: {_one_line(err)}") from None
 
 
+_UNION_TAGS = ("int", "constrained-int", "float", "constrained-float", "str", "none")
+
+
 def _one_line(err: ValidationError) -> str:
-    parts = []
+    """The errors in one line; a field whose value fails every member of a union (a number or
+    "auto") gets one entry: ``waves: Input should be less than or equal to 8 or 'auto'``."""
+    fields: dict[str, list[str]] = {}
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"])
+        loc = [str(p) for p in e["loc"]]
+        while len(loc) > 1 and (loc[-1] in _UNION_TAGS or loc[-1].startswith("literal[")):
+            loc.pop()  # (the union member pydantic tried)
+        where = ".".join(loc)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
+        seen = fields.setdefault(where, [])
+        seen.append(msg.removeprefix("Input should be ") if seen and msg.startswith("Input should be")
+                    else msg)
+    return "; ".join(f"{where}: {' or '.join(msgs)}" if where else " or ".join(msgs)
+                     for where, msgs in fields.items())
 
 
 def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:

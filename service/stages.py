@@ -92,9 +92,12 @@ class StagesMixin(JobBase):
         manifest = ckpt.read_manifest(record.path)
         mine = _flat(self.request.model_dump(mode="json"))
         theirs = _flat(dict(manifest["spec"]))
-        free = ("steps", "checkpoint.", "partition", "max_stages", "stages", "microbatches")
-        differ = sorted(k for k in mine.keys() | theirs.keys()
-                        if not k.startswith(free) and mine.get(k) != theirs.get(k))
+        free: tuple[str, ...] = ("steps", "checkpoint.", "partition", "max_stages", "stages",
+                                 "microbatches")
+        if self.request.schedule == "auto":  # (any synchronous schedule resumes another's state)
+            free += ("chunks", "waves")
+        differ = sorted(k for k in mine.keys() | theirs.keys()  # ("auto": the planner's choice)
+                        if not k.startswith(free) and mine.get(k) not in (theirs.get(k), "auto"))
         if differ:
             raise JobError(f"{record.path} belongs to a different job (fields differ: "
                            f"{', '.join(differ)}); use another --output or --no-resume")

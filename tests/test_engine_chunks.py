@@ -69,3 +69,20 @@ def test_chunked_checkpoint_resumes_on_another_layout(make_spec, run_job, tmp_pa
     assert any("re-partitioned" in e.message for e in ctl2.events)
     expected = ref.train_sync(second)
     ref.assert_state_close(load_model_state(ctl2.checkpoints[-1]), expected.state, second, 10)
+
+
+def test_schedule_auto_plans_and_trains_a_synchronous_schedule(make_spec, run_job,
+                                                               tmp_path: Path) -> None:
+    """schedule "auto" with a planned partition: the planner picks a synchronous schedule (and
+    its chunks or waves) from the profiled layers; the job runs it and, whichever it is, ends
+    with the weights of unpipelined training."""
+    spec = make_spec(schedule="auto", partition="auto", stages=2, microbatches=4, steps=5)
+    ctl, summary = run_job(spec, tmp_path)
+    assert summary.state == "SUCCEEDED", summary.reason
+    (plan,) = [e.data["plan"] for e in ctl.events if e.kind == "plan"]
+    assert ctl.spec.schedule == plan["schedule"] == summary.schedule
+    assert ctl.spec.schedule in ("1f1b", "gpipe", "interleaved-1f1b", "hanayo")
+    assert ctl.spec.is_resolved and len(ctl.partition) == 2 * ctl.spec.chunks_per_stage
+    assert "the best other schedule" in plan["reason"]
+    expected = ref.train_sync(ctl.spec)
+    ref.assert_state_close(load_model_state(ctl.checkpoints[-1]), expected.state, ctl.spec, 5)
