@@ -39,6 +39,7 @@ from service.profiler import ProfileCache, profile_cluster
 from service.recovery import RecoveryMixin
 from service.runtime import pipewave_home
 from service.schedules import make_schedule
+from service.schedules.transfers import transfer_orders
 from workers.models import num_layers
 from workers.stage import Progress, Run, RunReport
 
@@ -203,8 +204,14 @@ class JobController(MovesMixin, RecoveryMixin):
         sched = make_schedule(self.spec.schedule, self.spec.num_stages, M, count,
                               **self.spec.schedule_args)
         scale = 1.0 if self.spec.schedule == "pipedream" else 1.0 / M
+        inbound: list[dict[int, list[tuple[str, int, int]]] | None] = [None] * len(self.actors)
+        if self.opts.match_in_send_order or self._on_gpus:  # (NCCL matches messages in order)
+            sends, _ = transfer_orders(sched)
+            inbound = [{src: msgs for (src, dst), msgs in sends.items() if dst == s}
+                       for s in range(len(self.actors))]
         t0 = time.time()
-        refs = [a.run.remote(Run(sched.stage_actions(s), first, scale, sched.carry_versions))
+        refs = [a.run.remote(Run(sched.stage_actions(s), first, scale, sched.carry_versions,
+                                 inbound[s]))
                 for s, a in enumerate(self.actors)]
         pending = list(refs)
         while pending:

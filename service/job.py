@@ -90,6 +90,8 @@ class ControllerOptions:
     confirm: int = 3  # ... and how many identical observations make a change
     elastic_min_gain: float = 0.05  # grow only for more than this predicted gain
     gpus_per_stage: float = 0.0  # >0: every stage takes this many GPUs (and asks for them)
+    match_in_send_order: bool = False  # receives match in the senders' order (as NCCL needs;
+    # always so when the stages hold GPUs) rather than by tag
     autoscaler: Callable[[int], None] | None = None  # elastic jobs' scale requests (stage slots
     # wanted, 0: none) go here instead of straight to Ray (a service sums its jobs' requests)
     node_slots: dict[str, int] | None = None  # plan within these free slots per node (a shared
@@ -118,6 +120,7 @@ class JobBase:
         self.actors: list[Any] = []
         self._orphans: list[Any] = []  # actors of a move in progress, not yet stages again
         self.pg: Any = None
+        self._on_gpus = False  # the stages hold GPUs (their transfers go over NCCL)
         self.step_done = 0  # global steps finished (and applied on every stage)
         self.first_step = 0  # where this process started (after a resume)
         self.metrics: list[StepMetrics] = []

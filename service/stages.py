@@ -66,6 +66,7 @@ class StagesMixin(JobBase):
         """Form the stages' point-to-point group (after every start or move)."""
         S = self.spec.num_stages
         infos = ray.get([a.info.remote() for a in self.actors], timeout=self.opts.ready_timeout_s)
+        self._on_gpus = any(str(i["device"]).startswith("cuda") for i in infos)
         port = ray.get(self.actors[0].rendezvous_port.remote())
         ray.get([a.init_comm.remote(infos[0]["ip"], port) for a in self.actors],
                 timeout=self.opts.ready_timeout_s)

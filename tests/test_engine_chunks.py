@@ -86,3 +86,20 @@ def test_schedule_auto_plans_and_trains_a_synchronous_schedule(make_spec, run_jo
     assert "the best other schedule" in plan["reason"]
     expected = ref.train_sync(ctl.spec)
     ref.assert_state_close(load_model_state(ctl.checkpoints[-1]), expected.state, ctl.spec, 5)
+
+
+def test_matching_in_send_order_trains_the_same(make_spec, ray_cluster, tmp_path: Path) -> None:
+    """The mailbox's NCCL mode (receives matched in each sender's order, tags unused), run here
+    over gloo: hanayo, whose stages take a peer's messages out of their send order, trains
+    exactly as with tag matching."""
+    from service.controller import ControllerOptions, JobController
+
+    spec = make_spec(schedule="hanayo", stages=2, microbatches=4, batch_size=8, steps=5)
+    ctl = JobController(spec, tmp_path, ControllerOptions(
+        cpus_per_stage=1, threads_per_stage=1, resume=False, ready_timeout_s=60.0,
+        match_in_send_order=True))
+    summary = ctl.run()
+    assert summary.state == "SUCCEEDED", summary.reason
+    assert [r.matching for r in ctl.last_run] == ["send order"] * 2
+    expected = ref.train_sync(spec)
+    ref.assert_state_close(load_model_state(ctl.checkpoints[-1]), expected.state, spec, 5)

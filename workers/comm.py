@@ -61,15 +61,31 @@ class Mailbox:
     keeping every operation in the schedule's order: NCCL runs point-to-point operations in
     issue order on one stream, so a receive posted early could wait in front of a send its peer
     needs first (gloo runs them independently).
+
+    ``sender_order`` (per peer, the (key, tag) of its messages to this stage in the order it sends
+    them): match in the senders' order, as NCCL does (it ignores tags, and every message has the
+    same shape). Asking for a message posts the receives of that peer's messages up to it, in
+    the peer's order; the earlier ones are kept until asked for. No deadlock comes of it: the
+    peer sends those before the one asked for anyway. Needed wherever a stage consumes a peer's
+    messages in another order than they were sent (hanayo's waves do).
     """
 
     def __init__(self, needs: list[tuple[Hashable, int, int]], shape: tuple[int, ...],
-                 dtype: torch.dtype, device: torch.device, depth: int = 2) -> None:
+                 dtype: torch.dtype, device: torch.device, depth: int = 2,
+                 sender_order: dict[int, list[tuple[Hashable, int]]] | None = None) -> None:
         self.needs = needs
         self.shape, self.dtype, self.device, self.depth = shape, dtype, device, depth
         self.next_post = 0
         self.posted: deque[tuple[Hashable, Any, torch.Tensor]] = deque()
         self.sends: deque[tuple[Any, torch.Tensor]] = deque()
+        self.in_order: dict[int, deque[tuple[Hashable, int]]] | None = None
+        self.early: dict[Hashable, tuple[Any, torch.Tensor]] = {}  # posted in the sender's order
+        if sender_order is not None:
+            self.in_order = {peer: deque(msgs) for peer, msgs in sender_order.items()}
+            self.peer_of = {key: peer for key, _, peer in needs}
+            sent = sorted((repr(k), p) for p, msgs in sender_order.items() for k, _ in msgs)
+            if sent != sorted((repr(k), p) for k, _, p in needs):
+                raise RuntimeError("the peers' send orders do not hold the messages this stage expects")
 
     def _post_ahead(self, at_least: int = 0) -> None:
         while self.next_post < len(self.needs) and len(self.posted) < max(self.depth, at_least):
@@ -80,16 +96,33 @@ class Mailbox:
             self.next_post += 1
 
     def start(self) -> None:
-        self._post_ahead()
+        if self.in_order is None:
+            self._post_ahead()
 
     def recv(self, key: Hashable) -> torch.Tensor:
         """Wait for the next expected message, which must be ``key``."""
+        if self.in_order is not None:
+            return self._recv_in_sender_order(key)
         self._post_ahead(at_least=1)
         expected, work, buf = self.posted.popleft()
         if expected != key:
             raise RuntimeError(f"mailbox out of order: expected {expected}, asked for {key}")
         work.wait()
         self._post_ahead()
+        return buf
+
+    def _recv_in_sender_order(self, key: Hashable) -> torch.Tensor:
+        assert self.in_order is not None
+        queue = self.in_order[self.peer_of[key]]
+        while key not in self.early:
+            if not queue:
+                raise RuntimeError(f"mailbox: {key} is not among the messages still to come")
+            k, tag = queue.popleft()
+            buf = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            self.early[k] = (dist.irecv(buf, src=self.peer_of[k], tag=tag), buf)
+        work, buf = self.early.pop(key)
+        work.wait()
+        self.next_post += 1
         return buf
 
     def send(self, t: torch.Tensor, tag: int, peer: int) -> None:
@@ -102,5 +135,5 @@ class Mailbox:
         """Wait for every send to complete (end of a schedule run)."""
         while self.sends:
             self.sends.popleft()[0].wait()
-        if self.posted or self.next_post < len(self.needs):
+        if self.posted or self.early or self.next_post < len(self.needs):
             raise RuntimeError("schedule ended with messages still expected")

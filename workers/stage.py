@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,9 @@ class Run:
     first_step: int
     grad_scale: float  # multiplies the loss: 1/M when an update averages M microbatches
     carry_versions: int  # latest versions to keep when the run ends
+    # per source stage, its messages to this stage (kind "act" | "grad", microbatch, receiving
+    # virtual stage) in the order it sends them: given, receives match in that order (NCCL)
+    inbound: dict[int, list[tuple[str, int, int]]] | None = None
 
 
 @dataclass
@@ -60,6 +63,7 @@ class RunReport:
     busy_s: float = 0.0  # wall seconds computing (the spans' total)
     cpu_s: list[float] = field(default_factory=list)  # per span: its work seconds (see run)
     update_s: float = 0.0  # time in optimizer steps (inside the backward spans)
+    matching: str = "tag"  # how receives matched their sends: "tag" | "send order" (NCCL's)
 
 
 @dataclass
@@ -294,8 +298,14 @@ class StageWorker:
                      else time.perf_counter)
         base = self.latest  # action.version v means global version base + v
         report = RunReport(stage=s)
+        order: dict[int, list[tuple[Hashable, int]]] | None = None
+        if run.inbound is not None:  # (the key and tag of each message, in its sender's order)
+            kinds = {"act": comm.ACT, "grad": comm.GRAD}
+            order = {peer: [((kinds[k], mb, self.placement.locate(v)[1]), comm.tag(kinds[k], mb, v, N))
+                            for k, mb, v in msgs] for peer, msgs in run.inbound.items()}
         box = comm.Mailbox(self._needs(run.actions), self.act_shape, torch.float32, self.device,
-                           depth=0 if self.device.type == "cuda" else 2)
+                           depth=0 if self.device.type == "cuda" else 2, sender_order=order)
+        report.matching = "tag" if order is None else "send order"
         local: dict[tuple[int, int, int], torch.Tensor] = {}  # (kind, mb, chunk) -> handed over
         last_use = {base + a.version: i for i, a in enumerate(run.actions)}
         last_of_step = {run.first_step + a.microbatch // M: i for i, a in enumerate(run.actions)}
