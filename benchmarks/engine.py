@@ -5,9 +5,12 @@ Every configuration trains the same workload, ``examples/gpt-small.yaml``'s mode
 Adam lr 3e-4; stdlib corpus; seed 0), on the same total of 2 torch threads:
 
 - ``pipewave:<schedule>:<stages>``: a pipewave job (embedded Ray cluster on loopback, one stage
-  actor per stage, ``2 // stages`` threads each, at least 1), schedules gpipe, 1f1b, pipedream, 2bw;
-- ``torch:<gpipe|1f1b>:<ranks>``: torch.distributed.pipelining ScheduleGPipe / Schedule1F1B over
-  gloo, one process and one thread per rank (``benchmarks/torch_pipelining.py``);
+  actor per stage, ``2 // stages`` threads each, at least 1), schedules gpipe, 1f1b, pipedream, 2bw,
+  and the chunked ones: ``interleaved-1f1b`` (2 chunks per worker; ``interleaved-1f1b-c<V>``: V),
+  ``hanayo`` (1 wave, 2 chunks per worker; ``hanayo-w<W>``: W waves, 2W chunks per worker);
+- ``torch:<gpipe|1f1b|interleaved-1f1b>:<ranks>``: torch.distributed.pipelining ScheduleGPipe /
+  Schedule1F1B / ScheduleInterleaved1F1B (2 stages per rank, looped) over gloo, one process and one
+  thread per rank (``benchmarks/torch_pipelining.py``);
 - ``single`` (``single:<M>``: with M microbatches of gradient accumulation): the whole model in one
   process, ``torch.set_num_threads(2)``, fused Adam, no pipeline.
 
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import statistics
@@ -46,12 +50,18 @@ REPO = HERE.parent
 SPEC_FILE = REPO / "examples" / "gpt-small.yaml"
 THREADS = 2  # torch threads per configuration, in total (the machine's 2 cores)
 PIPEWAVE_SCHEDULES = ("gpipe", "1f1b", "pipedream", "2bw")
-TORCH_SCHEDULES = ("gpipe", "1f1b")
+# chunked schedules, as config tokens: interleaved-1f1b (2 chunks per worker), hanayo (1 wave),
+# hanayo-w2 (2 waves); interleaved-1f1b-c<V> and hanayo-w<W> take other counts
+CHUNKED_CONFIGS = ("interleaved-1f1b", "hanayo", "hanayo-w2")
+TORCH_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
+TORCH_CHUNKS = 2  # torch interleaved-1f1b: stages per rank (torch_pipelining.CHUNKS)
 DEFAULT_CONFIGS = (
     [f"pipewave:{s}:{n}" for n in (2, 4) for s in PIPEWAVE_SCHEDULES]
+    + [f"pipewave:{s}:{n}" for n in (2, 4) for s in CHUNKED_CONFIGS]
     + [f"torch:{s}:{n}" for n in (2, 4) for s in TORCH_SCHEDULES]
     + ["single", "single-1t"]
 )
+_PIPEWAVE_TOKEN = re.compile(r"(gpipe|1f1b|pipedream|2bw|interleaved-1f1b(?:-c(\d+))?|hanayo(?:-w(\d+))?)")
 DEFAULT_STEPS, DEFAULT_WARMUP, DEFAULT_ROUNDS = 14, 2, 3
 # Targets (the issue): pipedream on 2 stages against torch's 2-rank 1F1B and the single process;
 # every pipewave run's measured mean bubble within 10% (relative) of its simulated figure.
@@ -67,25 +77,55 @@ BUBBLE_REL_TOL = 0.10
 @dataclass(frozen=True)
 class Config:
     system: str  # pipewave | torch | single
-    schedule: str = ""
-    ranks: int = 1  # stages (pipewave), ranks (torch); 1 for single
+    schedule: str = ""  # the schedule's name (interleaved-1f1b, hanayo: chunk count in ``chunks``)
+    ranks: int = 1  # stages (workers: pipewave), ranks (torch); 1 for single
     microbatches: int = 1  # single only: gradient-accumulation microbatches
     threads: int = THREADS  # single only: torch threads
+    chunks: int = 1  # model chunks (virtual stages) per worker / rank: 2W for hanayo with W waves
+
+    @property
+    def token(self) -> str:
+        """The schedule as written in the config name (``hanayo-w2``, ``interleaved-1f1b-c3``)."""
+        if self.schedule == "hanayo" and self.chunks != 2:
+            return f"hanayo-w{self.chunks // 2}"
+        if self.schedule == "interleaved-1f1b" and self.chunks != 2:
+            return f"interleaved-1f1b-c{self.chunks}"
+        return self.schedule
 
     @property
     def name(self) -> str:
         if self.system == "single":
             base = "single" if self.microbatches == 1 else f"single:{self.microbatches}"
             return base if self.threads == THREADS else f"{base}-{self.threads}t"
-        return f"{self.system}:{self.schedule}:{self.ranks}"
+        return f"{self.system}:{self.token}:{self.ranks}"
+
+    @property
+    def chunked(self) -> bool:
+        return self.chunks > 1
+
+    @property
+    def spec_fields(self) -> dict[str, Any]:
+        """The job spec's schedule fields (``schedule`` and its ``chunks`` or ``waves``)."""
+        if self.schedule == "hanayo":
+            return {"schedule": "hanayo", "waves": self.chunks // 2}
+        if self.schedule == "interleaved-1f1b":
+            return {"schedule": "interleaved-1f1b", "chunks": self.chunks}
+        return {"schedule": self.schedule}
 
     @property
     def label(self) -> str:
         if self.system == "pipewave":
+            if self.schedule == "hanayo":
+                return (f"pipewave hanayo W={self.chunks // 2}, {self.ranks} workers x "
+                        f"{self.chunks} chunks")
+            if self.schedule == "interleaved-1f1b":
+                return f"pipewave interleaved-1f1b, {self.ranks} workers x {self.chunks} chunks"
             return f"pipewave {self.schedule}, {self.ranks} stages"
         if self.system == "torch":
-            cls = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B"}[self.schedule]
-            return f"torch {cls}, {self.ranks} ranks"
+            cls = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
+                   "interleaved-1f1b": "ScheduleInterleaved1F1B"}[self.schedule]
+            per = f" x {self.chunks} stages" if self.chunked else ""
+            return f"torch {cls}, {self.ranks} ranks{per}"
         mb = "" if self.microbatches == 1 else f", {self.microbatches} microbatches"
         return f"single process, {self.threads} thread{'s' if self.threads > 1 else ''}{mb}"
 
@@ -101,15 +141,31 @@ class Config:
                     raise ValueError
                 return Config("single", microbatches=mb)
             if len(parts) == 3 and parts[0] in ("pipewave", "torch"):
-                allowed = PIPEWAVE_SCHEDULES if parts[0] == "pipewave" else TORCH_SCHEDULES
                 n = int(parts[2])
-                if parts[1] in allowed and 2 <= n <= 10:
-                    return Config(parts[0], parts[1], n)
+                if not 2 <= n <= 10:
+                    raise ValueError
+                if parts[0] == "torch" and parts[1] in TORCH_SCHEDULES:
+                    chunks = TORCH_CHUNKS if parts[1] == "interleaved-1f1b" else 1
+                    return Config("torch", parts[1], n, chunks=chunks)
+                m = _PIPEWAVE_TOKEN.fullmatch(parts[1]) if parts[0] == "pipewave" else None
+                if m is not None:
+                    if m[1].startswith("interleaved-1f1b"):
+                        chunks, name = int(m[2] or 2), "interleaved-1f1b"
+                    elif m[1].startswith("hanayo"):
+                        chunks, name = 2 * int(m[3] or 1), "hanayo"
+                    else:
+                        chunks, name = 1, m[1]
+                    if chunks >= 1 and not (name == "interleaved-1f1b" and chunks < 2):
+                        return Config("pipewave", name, n, chunks=chunks)
         except ValueError:
             pass
         raise argparse.ArgumentTypeError(
-            f"bad config {text!r}: use pipewave:<{'|'.join(PIPEWAVE_SCHEDULES)}>:<stages>, "
-            f"torch:<{'|'.join(TORCH_SCHEDULES)}>:<ranks> (2..10), single or single:<microbatches>")
+            f"bad config {text!r}: use pipewave:<schedule>:<stages> with schedule "
+            f"{', '.join(PIPEWAVE_SCHEDULES)}, interleaved-1f1b (2 chunks per worker; "
+            "interleaved-1f1b-c<V>: V >= 2 chunks), hanayo (1 wave: 2 chunks per worker; "
+            "hanayo-w<W>: W waves, 2W chunks), e.g. pipewave:hanayo-w2:4; "
+            f"torch:<{'|'.join(TORCH_SCHEDULES)}>:<ranks> (interleaved-1f1b: {TORCH_CHUNKS} stages "
+            "per rank); stages and ranks 2..10; single, single-1t or single:<microbatches>")
 
 
 # ----------------------------------------------------------------------------- one run (child)
@@ -135,7 +191,7 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         from service.spec import load_spec
 
         spec = load_spec(SPEC_FILE, overrides={
-            "name": f"bench-{cfg.schedule}-{cfg.ranks}", "schedule": cfg.schedule,
+            "name": f"bench-{cfg.token}-{cfg.ranks}", **cfg.spec_fields,
             "stages": cfg.ranks, "partition": "uniform", "steps": warmup + steps,
             "checkpoint": {"every_steps": None}})  # uniform: the cut torch pipelining gets
         opts = ControllerOptions(cpus_per_stage=1, threads_per_stage=max(1, THREADS // cfg.ranks),
@@ -150,17 +206,25 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         measured = ctl.metrics[warmup:]
         window = sum(m.time_s for m in measured)
         fig = ctl.figures[0]
-        comm = _estimate_comm(ctl.last_run)
-        M = spec.microbatches
-        spans = [r.spans for r in ctl.last_run]
-        fwd, bwd = _mean_costs(spans, M, warmup, tuple(fig.mean_update_s))
-        sched = make_schedule(spec.schedule, spec.stages, M, spec.steps)
-        sim = simulate(sched, Costs(forward=fwd, backward=bwd,
-                                    update=tuple(fig.mean_update_s), comm=comm))
+        reports = sorted(ctl.last_run, key=lambda r: r.stage)
+        M, P = spec.num_microbatches, spec.num_stages
+        sched = make_schedule(spec.schedule, P, M, spec.steps, **spec.schedule_args)
+        placement = spec.placement()  # (one chunk per stage: virtual stage = stage)
+        update = tuple(fig.mean_update_s)
+        comm = _estimate_comm(reports, placement)
+        # per virtual stage (chunk) costs; comm is charged only between different workers
+        vc = _virtual_costs(reports, placement, M, warmup, update)
+        sim = simulate(sched, Costs(forward=tuple(vc["forward"]), backward=tuple(vc["backward"]),
+                                    update=update, comm=comm))
         # Both bubbles over the same window: the measured steps, warm-up steps excluded
+        spans = [r.spans for r in reports]
+        sim_spans = [sim.spans[s] for s in range(P)]
         bubble = _window_bubble(spans, M, warmup)
-        sim_bubble = _window_bubble([sim.spans[s] for s in range(spec.stages)], M, warmup)
-        gaps = _ready_gaps(ctl.last_run, tuple(fig.mean_update_s))
+        sim_bubble = _window_bubble(sim_spans, M, warmup)
+        s0, s1 = _window_edges(sim_spans, M, warmup)
+        gaps = _ready_gaps(reports, update, sched.placement)
+        profile = _profile(reports, placement, sched.placement, M, warmup, steps, update, vc)
+        profile["layers"] = [list(c) for c in ctl.partition]
         return {
             "samples_per_s": steps * spec.batch_size / window if window > 0 else 0.0,
             "window_s": window,
@@ -169,28 +233,33 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
             "final_loss": ctl.metrics[-1].loss,
             "startup_s": summary.startup_s,
             "total_s": time.time() - t_start,
+            "chunks": spec.chunks_per_stage,
             "bubble": bubble,
             "bubble_mean": sum(bubble) / len(bubble),
             "sim_bubble": sim_bubble,
             "sim_bubble_mean": sum(sim_bubble) / len(sim_bubble),
             "wall_s": fig.wall_s,
             "sim_makespan_s": sim.makespan,
+            "sim_samples_per_s": steps * spec.batch_size / (s1 - s0) if s1 > s0 else 0.0,
             "costs_ms": {"forward": [1e3 * c for c in fig.mean_forward_s],
                          "backward": [1e3 * c for c in fig.mean_backward_s],
                          "update": [1e3 * c for c in fig.mean_update_s], "comm": 1e3 * comm},
+            # what the simulation got, in seconds (per virtual stage; update per stage)
+            "sim_costs": {"forward": vc["forward"], "backward": vc["backward"],
+                          "update": list(update), "comm": comm},
             "peak_versions": list(fig.peak_versions),
             "ready_gap": gaps,
             "ready_gap_mean": sum(gaps) / len(gaps),
+            "profile": profile,
         }
     finally:
         disconnect()
 
 
-def _window_bubble(spans: list[list[Any]], M: int, first_step: int) -> list[float]:
-    """Per stage, idle / wall over the steps from ``first_step`` on: a step ends when its last
-    action (on any stage) ends; each action's busy time counts to its microbatch's step.
-    ``spans[s]`` is stage s's list of (Action, start, end); the same definition serves measured
-    and simulated spans."""
+def _window_edges(spans: list[list[Any]], M: int, first_step: int) -> tuple[float, float]:
+    """(start, end) of the steps from ``first_step`` on: from the end of step ``first_step - 1``
+    (the first action's start for step 0) to the end of the last step; a step ends when its last
+    action (on any stage) ends. ``spans[s]`` is stage s's list of (Action, start, end)."""
     ends: dict[int, float] = {}
     for stage in spans:
         for a, _, t1 in stage:
@@ -200,7 +269,15 @@ def _window_bubble(spans: list[list[Any]], M: int, first_step: int) -> list[floa
     if first_step > last:
         raise ValueError("no steps after the warm-up")
     start = ends[first_step - 1] if first_step > 0 else min(t0 for st in spans for _, t0, _ in st)
-    wall = ends[last] - start
+    return start, ends[last]
+
+
+def _window_bubble(spans: list[list[Any]], M: int, first_step: int) -> list[float]:
+    """Per stage, idle / wall over the steps from ``first_step`` on (see ``_window_edges``); each
+    action's busy time counts to its microbatch's step. The same definition serves measured and
+    simulated spans."""
+    start, end = _window_edges(spans, M, first_step)
+    wall = end - start
     out = []
     for stage in spans:
         busy = sum(t1 - t0 for a, t0, t1 in stage if a.microbatch // M >= first_step)
@@ -208,29 +285,94 @@ def _window_bubble(spans: list[list[Any]], M: int, first_step: int) -> list[floa
     return out
 
 
-def _mean_costs(spans: list[list[Any]], M: int, first_step: int,
-                update_s: tuple[float, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per stage mean forward and backward seconds over the measured steps (backward without the
-    optimizer step, whose mean is ``update_s``)."""
+def _virtual_costs(reports: list[Any], placement: Any, M: int, first_step: int,
+                   update_s: tuple[float, ...]) -> dict[str, list[float]]:
+    """Per virtual stage (model chunk; the stage itself with one chunk per stage), the mean forward
+    and backward over the measured steps: wall seconds (``forward``, ``backward``: the backward
+    without the optimizer step, whose mean is ``update_s``) and work seconds (``forward_cpu``,
+    ``backward_cpu``: the stage's CPU time, the backwards carrying an update left out)."""
     from service.schedules import Kind
 
-    fwd, bwd = [], []
-    for s, stage in enumerate(spans):
-        f = [t1 - t0 for a, t0, t1 in stage if a.kind is Kind.F and a.microbatch // M >= first_step]
-        b = [t1 - t0 - (update_s[s] if a.update else 0.0)
-             for a, t0, t1 in stage if a.kind is Kind.B and a.microbatch // M >= first_step]
-        fwd.append(sum(f) / max(1, len(f)))
-        bwd.append(sum(b) / max(1, len(b)))
-    return tuple(fwd), tuple(bwd)
+    n = placement.num_virtual_stages
+    acc: dict[str, list[list[float]]] = {
+        k: [[] for _ in range(n)] for k in ("forward", "backward", "forward_cpu", "backward_cpu")}
+    for r in reports:
+        for i, (a, t0, t1) in enumerate(r.spans):
+            if a.microbatch // M < first_step:
+                continue
+            v = placement.virtual(r.stage, a.chunk)
+            cpu = r.cpu_s[i] if i < len(r.cpu_s) else None
+            if a.kind is Kind.F:
+                acc["forward"][v].append(t1 - t0)
+                if cpu is not None:
+                    acc["forward_cpu"][v].append(cpu)
+            else:
+                acc["backward"][v].append(t1 - t0 - (update_s[r.stage] if a.update else 0.0))
+                if cpu is not None and not a.update:
+                    acc["backward_cpu"][v].append(cpu)
+    return {k: [sum(x) / len(x) if x else 0.0 for x in rows] for k, rows in acc.items()}
 
 
-def _ready_gaps(reports: list[Any], update_s: tuple[float, ...]) -> list[float]:
+def _profile(reports: list[Any], placement: Any, sched_placement: Any, M: int, first_step: int,
+             steps: int, update_s: tuple[float, ...], vc: dict[str, list[float]]) -> dict[str, Any]:
+    """Where each worker's wall time goes over the measured steps, per step (ms): busy (its
+    spans: compute, posting sends, the optimizer step), of which the optimizer step, and idle,
+    split into idle when ready (the inputs of its next action had been produced on the other
+    worker: transfer latency plus the engine's per-action overhead between spans) and waiting (for
+    inputs not produced yet: the schedule's bubble, imbalance, the drain). Plus per chunk costs,
+    each worker's work per microbatch over its chunks, the transfers the placement implies, and
+    how busy the machine's cores were (CPU seconds of all workers' spans / (window x cores))."""
+    spans = [r.spans for r in reports]
+    start, end = _window_edges(spans, M, first_step)
+    wall = end - start
+    P = len(reports)
+    made: dict[Any, float] = {}  # when each action's output left its worker
+    for r in reports:
+        for a, _, t1 in r.spans:
+            made[a.key] = t1 - (update_s[r.stage] if a.update else 0.0)  # gradients leave first
+    busy, cpu, ready_idle, upd = [0.0] * P, [0.0] * P, [0.0] * P, [0.0] * P
+    for r in reports:
+        w, prev = r.stage, start
+        for i, (a, t0, t1) in enumerate(r.spans):
+            if a.microbatch // M < first_step:
+                prev = max(prev, t1)
+                continue
+            ready = max([prev] + [made[d] for d in a.dependencies(P, sched_placement) if d[0] != w])
+            ready_idle[w] += max(0.0, t0 - ready)
+            busy[w] += t1 - t0
+            cpu[w] += r.cpu_s[i] if i < len(r.cpu_s) else 0.0
+            upd[w] += update_s[w] if a.update else 0.0
+            prev = t1
+    n = placement.num_virtual_stages
+    cross = sum(1 for v in range(1, n) if placement.locate(v - 1)[0] != placement.locate(v)[0])
+    work = [sum(vc["forward"][v] + vc["backward"][v] for v in placement.workers[w]) for w in range(P)]
+    work_cpu = [sum(vc["forward_cpu"][v] + vc["backward_cpu"][v] for v in placement.workers[w])
+                for w in range(P)]
+    ms = 1e3 / steps
+    return {
+        "placement": [list(ws) for ws in placement.workers],
+        "window_ms_per_step": wall * ms,
+        "virtual_ms": {k: [1e3 * x for x in xs] for k, xs in vc.items()},
+        "work_ms_per_mb": [1e3 * x for x in work],
+        "work_cpu_ms_per_mb": [1e3 * x for x in work_cpu],
+        "busy_ms_per_step": [x * ms for x in busy],
+        "cpu_ms_per_step": [x * ms for x in cpu],
+        "update_ms_per_step": [x * ms for x in upd],
+        "idle_ready_ms_per_step": [x * ms for x in ready_idle],
+        "idle_wait_ms_per_step": [max(0.0, wall - b - g) * ms for b, g in zip(busy, ready_idle, strict=True)],
+        "transfers_per_step": 2 * cross * M,  # activations and gradients between different workers
+        "local_handovers_per_step": 2 * (n - 1 - cross) * M,  # between chunks on one worker
+        "cores_busy": sum(cpu) / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0,
+    }
+
+
+def _ready_gaps(reports: list[Any], update_s: tuple[float, ...], sched_placement: Any = None
+                ) -> list[float]:
     """Per stage, the fraction of the run's wall time the stage sat idle although its next action's
     inputs had already been produced (transfer latency plus the engine's own per-action overhead:
-    the part of the measured bubble a cost-only simulation cannot see)."""
-    from service.schedules import Kind
-
-    made: dict[tuple[int, Kind, int], float] = {}  # when each action's output left its stage
+    the part of the measured bubble a cost-only simulation cannot see). ``sched_placement``: the
+    schedule's chunk placement (None: one chunk per stage)."""
+    made: dict[Any, float] = {}  # when each action's output left its stage
     for r in reports:
         for a, _, t1 in r.spans:
             made[a.key] = t1 - (update_s[r.stage] if a.update else 0.0)  # gradients leave first
@@ -241,33 +383,35 @@ def _ready_gaps(reports: list[Any], update_s: tuple[float, ...]) -> list[float]:
     for r in reports:
         prev, gap = begin, 0.0
         for a, t0, t1 in r.spans:
-            ready = max([prev] + [made[d] for d in a.dependencies(S) if d[0] != r.stage])
+            ready = max([prev] + [made[d] for d in a.dependencies(S, sched_placement)
+                                  if d[0] != r.stage])
             gap += max(0.0, t0 - ready)
             prev = t1
         out.append(gap / (end - begin) if end > begin else 0.0)
     return out
 
 
-def _estimate_comm(reports: list[Any]) -> float:
-    """Median stage-to-stage activation latency: from the end of stage s-1's forward of a
-    microbatch to the start of stage s's, over the forwards stage s was idle waiting for."""
+def _estimate_comm(reports: list[Any], placement: Any) -> float:
+    """Median worker-to-worker activation latency: from the end of the forward of virtual stage
+    v-1 on one worker to the start of virtual stage v's on another, over the forwards the
+    receiving worker was idle waiting for (a wave's turn, two chunks on one worker, is no hop)."""
     from service.schedules import Kind
 
-    ends: dict[tuple[int, int], float] = {}
+    ends: dict[tuple[int, int], float] = {}  # (virtual stage, microbatch) -> end of its forward
     for r in reports:
         for a, _, t1 in r.spans:
             if a.kind is Kind.F:
-                ends[(r.stage, a.microbatch)] = t1
+                ends[(placement.virtual(r.stage, a.chunk), a.microbatch)] = t1
     samples = []
     for r in reports:
-        if r.stage == 0:
-            continue
         prev_end = float("-inf")
         for a, t0, t1 in r.spans:
             if a.kind is Kind.F:
-                sent = ends[(r.stage - 1, a.microbatch)]
-                if prev_end <= sent:  # the stage was free before the activation left: it waited
-                    samples.append(t0 - sent)
+                v = placement.virtual(r.stage, a.chunk)
+                if v > 0 and placement.locate(v - 1)[0] != r.stage:
+                    sent = ends[(v - 1, a.microbatch)]
+                    if prev_end <= sent:  # the worker was free before the activation left: it waited
+                        samples.append(t0 - sent)
             prev_end = t1
     return max(0.0, statistics.median(samples)) if samples else 0.0
 
@@ -423,14 +567,31 @@ def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def paired_ratio(runs: dict[str, list[dict[str, Any]]], name: str, ref: str) -> float | None:
-    """Median over rounds of (this config's samples/s) / (ref's samples/s) within the round."""
+def paired_ratio(runs: dict[str, list[dict[str, Any]]], name: str, ref: str,
+                 key: str = "samples_per_s") -> float | None:
+    """Median over rounds of (this config's samples/s) / (ref's samples/s) within the round
+    (``key``: another per-run figure, e.g. the simulated samples/s)."""
     if name not in runs or ref not in runs:
         return None
-    ratios = [a["samples_per_s"] / b["samples_per_s"]
-              for a, b in zip(runs[name], runs[ref], strict=True)
-              if "error" not in a and "error" not in b and b["samples_per_s"] > 0]
+    ratios = [a[key] / b[key] for a, b in zip(runs[name], runs[ref], strict=True)
+              if "error" not in a and "error" not in b and key in a and key in b and b[key] > 0]
     return median(ratios)
+
+
+def _med_tree(xs: list[Any]) -> Any:
+    """Median over rounds of nested figures: numbers and lists of numbers elementwise, dicts by
+    key; anything else (a placement, a layer cut) is the same every round and kept as is."""
+    x0 = xs[0]
+    if isinstance(x0, dict):
+        return {k: _med_tree([x[k] for x in xs]) for k in x0}
+    if isinstance(x0, bool):
+        return x0
+    if isinstance(x0, int | float):
+        return statistics.median(xs)
+    if (isinstance(x0, list) and x0 and all(isinstance(v, int | float) for v in x0)
+            and all(len(x) == len(x0) for x in xs)):
+        return [statistics.median([x[i] for x in xs]) for i in range(len(x0))]
+    return x0
 
 
 def aggregate(configs: list[Config], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -448,7 +609,12 @@ def aggregate(configs: list[Config], runs: dict[str, list[dict[str, Any]]]) -> d
             "vs_single": paired_ratio(runs, c.name, "single"),
             "final_loss": ok[0]["final_loss"] if ok else None,
             "run_wall_s": median([r["run_wall_s"] for r in runs[c.name]]),
+            "chunks": c.chunks, "ranks": c.ranks, "schedule": c.schedule, "system": c.system,
         }
+        if c.system in ("pipewave", "torch"):
+            row["vs_pipewave_1f1b_same"] = paired_ratio(runs, c.name, f"pipewave:1f1b:{c.ranks}")
+            row["vs_torch_interleaved_same"] = paired_ratio(
+                runs, c.name, f"torch:interleaved-1f1b:{c.ranks}")
         if c.system == "pipewave" and ok:
             row["bubble_mean"] = median([r["bubble_mean"] for r in ok])
             row["sim_bubble_mean"] = median([r["sim_bubble_mean"] for r in ok])
@@ -462,8 +628,76 @@ def aggregate(configs: list[Config], runs: dict[str, list[dict[str, Any]]]) -> d
             row["ready_gap_mean"] = median([r["ready_gap_mean"] for r in ok])
             row["wall_s"] = median([r["wall_s"] for r in ok])
             row["sim_makespan_s"] = median([r["sim_makespan_s"] for r in ok])
+            if all("profile" in r for r in ok):
+                row["sim_samples_per_s"] = median([r["sim_samples_per_s"] for r in ok])
+                row["sim_vs_pipewave_1f1b_same"] = paired_ratio(
+                    runs, c.name, f"pipewave:1f1b:{c.ranks}", key="sim_samples_per_s")
+                row["profile"] = _med_tree([r["profile"] for r in ok])
+                row["sim_costs"] = _med_tree([r["sim_costs"] for r in ok])
         rows[c.name] = row
     return rows
+
+
+def _sim_samples_per_s(schedule: str, chunks: int, stages: int, costs: dict[str, Any],
+                       steps: int, warmup: int, microbatches: int = 8, batch: int = 32) -> float:
+    """Samples/s of the simulated schedule over the measured window (warm-up steps left out, as
+    for the runs) under ``costs`` (seconds: forward/backward per stage or per virtual stage)."""
+    _repo_on_path()
+    from service.schedules import Costs, make_schedule, simulate
+
+    sched = make_schedule(schedule, stages, microbatches, warmup + steps,
+                          waves=chunks // 2 if schedule == "hanayo" else None,
+                          chunks=chunks if schedule == "interleaved-1f1b" else None)
+    sim = simulate(sched, Costs(forward=tuple(costs["forward"]), backward=tuple(costs["backward"]),
+                                update=tuple(costs["update"]), comm=float(costs["comm"])))
+    s0, s1 = _window_edges([sim.spans[s] for s in range(stages)], microbatches, warmup)
+    return steps * batch / (s1 - s0) if s1 > s0 else 0.0
+
+
+def chunk_analysis(rows: dict[str, Any], steps: int, warmup: int) -> None:
+    """For each chunked pipewave row with its 1f1b reference (same workers) in the run: the
+    throughput ratio to 1f1b factorised exactly into work x bubble (mean over workers, wall per
+    step = mean busy / (1 - mean bubble): ratio = (busy_1f1b / busy) x ((1 - bubble) /
+    (1 - bubble_1f1b)), from the medians), per-chunk overheads, and the schedule's simulated gain
+    with 1f1b's measured stage costs split evenly over the chunks (no per-chunk overhead).
+    Stored as ``rows[name]["analysis"]``."""
+    for row in rows.values():
+        ref = rows.get(f"pipewave:1f1b:{row['ranks']}")
+        if (row["system"] != "pipewave" or row["chunks"] < 2 or "profile" not in row
+                or ref is None or "profile" not in ref):
+            continue
+        p, q = row["profile"], ref["profile"]
+        P = row["ranks"]
+        busy, busy_ref = statistics.mean(p["busy_ms_per_step"]), statistics.mean(q["busy_ms_per_step"])
+        b, b_ref = row["bubble_mean"], ref["bubble_mean"]
+        work_f = busy_ref / busy if busy > 0 else 0.0
+        bubble_f = (1 - b) / (1 - b_ref) if b_ref < 1 else 0.0
+        tot, tot_ref = sum(p["work_ms_per_mb"]), sum(q["work_ms_per_mb"])
+        cpu, cpu_ref = sum(p["work_cpu_ms_per_mb"]), sum(q["work_cpu_ms_per_mb"])
+        extra = P * row["chunks"] - P  # chunks more than 1f1b's P stages
+        ideal = _sim_samples_per_s(row["schedule"], row["chunks"], P, ref["sim_costs"], steps, warmup)
+        ideal_ref = _sim_samples_per_s("1f1b", 1, P, ref["sim_costs"], steps, warmup)
+        row["analysis"] = {
+            "ref": f"pipewave:1f1b:{P}",
+            "work_factor": work_f, "bubble_factor": bubble_f, "product": work_f * bubble_f,
+            "busy_ms_per_step": busy, "busy_ms_per_step_ref": busy_ref,
+            "work_ms_per_mb": tot, "work_ms_per_mb_ref": tot_ref,
+            "work_cpu_ms_per_mb": cpu, "work_cpu_ms_per_mb_ref": cpu_ref,
+            "per_extra_chunk_ms": (tot - tot_ref) / extra if extra else 0.0,
+            "per_extra_chunk_cpu_ms": (cpu - cpu_ref) / extra if extra else 0.0,
+            "slowest_work_ms_per_mb": max(p["work_ms_per_mb"]),
+            "slowest_work_ms_per_mb_ref": max(q["work_ms_per_mb"]),
+            "update_ms_per_step": statistics.mean(p["update_ms_per_step"]),
+            "update_ms_per_step_ref": statistics.mean(q["update_ms_per_step"]),
+            "idle_ready_ms_per_step": statistics.mean(p["idle_ready_ms_per_step"]),
+            "idle_ready_ms_per_step_ref": statistics.mean(q["idle_ready_ms_per_step"]),
+            "idle_wait_ms_per_step": statistics.mean(p["idle_wait_ms_per_step"]),
+            "idle_wait_ms_per_step_ref": statistics.mean(q["idle_wait_ms_per_step"]),
+            "transfers_per_step": p["transfers_per_step"],
+            "transfers_per_step_ref": q["transfers_per_step"],
+            "ideal_sim_samples_per_s": ideal, "ideal_sim_samples_per_s_ref": ideal_ref,
+            "ideal_sim_ratio": ideal / ideal_ref if ideal_ref > 0 else None,
+        }
 
 
 def targets(rows: dict[str, Any]) -> list[dict[str, Any]]:
@@ -494,6 +728,39 @@ def targets(rows: dict[str, Any]) -> list[dict[str, Any]]:
                       f"pipedream 2 stages {h['samples_per_s'] / bound:.1%}; "
                       f"{TARGET_VS_TORCH:.2f}x torch 1F1B would need {TARGET_VS_TORCH * t1 / bound:.1%}",
         })
+    for name, row in rows.items():  # chunked schedules (issue 7): informational comparisons
+        if row["system"] not in ("pipewave", "torch") or row["chunks"] < 2:
+            continue
+        what = row["label"]
+        if row["system"] == "pipewave":
+            ref = f"pipewave:1f1b:{row['ranks']}"
+            v = row.get("vs_pipewave_1f1b_same")
+            t = {"target": f"{what} vs pipewave 1f1b, {row['ranks']} stages (faster: > 1)",
+                 "goal": 1.0, "value": v}
+            if v is None:
+                t.update(result="NOT RUN", detail=f"needs configs {name} and {ref}")
+            else:
+                sim = row.get("sim_vs_pipewave_1f1b_same")
+                simtxt = f"; simulated with each run's own measured costs: {sim:.3f}x" if sim else ""
+                t.update(result="PASS" if v > 1 else "INFO",
+                         detail=f"{v:.3f}x: {'faster' if v > 1 else 'slower'} by {abs(v - 1):.1%}"
+                                f"{simtxt}" + ("" if v > 1 else
+                                               " (see 'Why the chunked schedules are or are not "
+                                               "faster here')"))
+            out.append(t)
+        if row["system"] == "pipewave":
+            ref, key = f"torch:interleaved-1f1b:{row['ranks']}", "vs_torch_interleaved_same"
+            vs = f"torch ScheduleInterleaved1F1B, {row['ranks']} ranks"
+        else:
+            ref, key = f"torch:1f1b:{row['ranks']}", "vs_torch_1f1b_same"
+            vs = f"torch Schedule1F1B, {row['ranks']} ranks"
+        v = row.get(key)
+        t = {"target": f"{what} vs {vs}", "goal": None, "value": v}
+        if v is None:
+            t.update(result="NOT RUN", detail=f"needs configs {name} and {ref}")
+        else:
+            t.update(result="INFO", detail=f"{v:.3f}x")
+        out.append(t)
     for name, row in rows.items():
         if not name.startswith("pipewave:") or row.get("bubble_mean") is None:
             continue
@@ -520,6 +787,198 @@ def _f(x: float | None, fmt: str, none: str = "-") -> str:
 
 def _n(k: int, noun: str) -> str:
     return f"{k} {noun}{'' if k == 1 else 's'}"
+
+
+def _per_worker_layers(profile: dict[str, Any]) -> str:
+    """Each worker's layer count and its chunks' sizes, e.g. ``9 (5+4) / 9 (5+4)``."""
+    sizes = [b - a for a, b in profile["layers"]]
+    out = []
+    for chunks in profile["placement"]:
+        mine = [sizes[v] for v in chunks]
+        out.append(f"{sum(mine)}" + (f" ({'+'.join(map(str, mine))})" if len(mine) > 1 else ""))
+    return " / ".join(out)
+
+
+def _chunk_rows(rows: dict[str, Any]) -> list[str]:
+    """Config names of the chunked comparison in display order: per worker count, pipewave 1f1b,
+    the chunked pipewave configs, torch 1F1B, torch interleaved 1F1B."""
+    ranks = sorted({r["ranks"] for r in rows.values() if r["chunks"] > 1
+                    and r["system"] in ("pipewave", "torch")})
+    out: list[str] = []
+    for P in ranks:
+        out += [n for n in (f"pipewave:1f1b:{P}",) if n in rows]
+        out += [n for n, r in rows.items() if r["system"] == "pipewave" and r["chunks"] > 1
+                and r["ranks"] == P]
+        out += [n for n in (f"torch:1f1b:{P}",) if n in rows]
+        out += [n for n, r in rows.items() if r["system"] == "torch" and r["chunks"] > 1
+                and r["ranks"] == P]
+    return out
+
+
+def render_chunked(rows: dict[str, Any]) -> list[str]:
+    """The chunked schedules' comparison and the profile explaining it (issue 7)."""
+    names = _chunk_rows(rows)
+    if not names:
+        return []
+    L = [
+        "",
+        "## Chunked schedules (issue 7)",
+        "",
+        "Several model chunks (virtual stages) per worker: `interleaved-1f1b` (2 chunks, worker w "
+        "holds virtual stages w and w + P) and `hanayo` (W waves, 2W chunks per worker in a wave "
+        "placement; consecutive chunks at a wave's turn sit on one worker and hand over in "
+        "memory). The partition is uniform over all P x V chunks; torch's "
+        "ScheduleInterleaved1F1B gets the same cut and placement as pipewave's interleaved-1f1b. "
+        "Ratios: median over rounds of the ratio within the round. Bubbles as in the bubbles "
+        "table; simulated with per-chunk measured forward/backward costs (comm only between "
+        "different workers). Simulated samples/s: the same simulation's window; its ratio is "
+        "paired within the round against pipewave 1f1b's simulation.",
+        "",
+        "| config | run | samples/s | x pipewave 1f1b same workers | x torch Interleaved1F1B same "
+        "ranks | x torch 1F1B same ranks | bubble measured | bubble simulated | simulated "
+        "samples/s (x 1f1b simulated) | loss at last step |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in names:
+        r = rows[n]
+        bub = (f"{r['bubble_mean']:.2%}" if r.get("bubble_mean") is not None else "-")
+        sbub = (f"{r['sim_bubble_mean']:.2%}" if r.get("sim_bubble_mean") is not None else "-")
+        sim = "-"
+        if r.get("sim_samples_per_s") is not None:
+            sim = f"{r['sim_samples_per_s']:.2f}"
+            if r["chunks"] > 1 and r.get("sim_vs_pipewave_1f1b_same") is not None:
+                sim += f" ({r['sim_vs_pipewave_1f1b_same']:.3f})"
+        L.append(f"| `{n}` | {r['label']} | {_f(r['samples_per_s'], '.2f', 'failed')} | "
+                 f"{_f(r.get('vs_pipewave_1f1b_same'), '.3f')} | "
+                 f"{_f(r.get('vs_torch_interleaved_same'), '.3f')} | "
+                 f"{_f(r.get('vs_torch_1f1b_same'), '.3f')} | {bub} | {sbub} | {sim} | "
+                 f"{_f(r['final_loss'], '.4f')} |")
+    pw = [n for n in names if rows[n]["system"] == "pipewave" and "profile" in rows[n]]
+    analysed = [n for n in pw if "analysis" in rows[n]]
+    if not pw:
+        return L
+    cores = os.cpu_count() or 1
+    L += [
+        "",
+        "## Why the chunked schedules are or are not faster here (profile)",
+        "",
+        "From the measured spans of the measured steps (medians over rounds). A span is one "
+        "action on one worker: compute, posting its sends, and for the last backward of a step "
+        "the optimizer step. Work (CPU) times are the worker thread's CPU seconds, which sharing a "
+        "core does not inflate; wall times are what the schedule sees. *F+B per microbatch*: "
+        "the mean forward plus backward of each chunk, summed over a worker's chunks (the "
+        "worker's work per microbatch) and over all workers (the whole model's); 1f1b does the "
+        "same layers in P chunks, so the difference is the cost of cutting the model finer "
+        "(per-chunk fixed overhead: smaller matrix products, more autograd graphs, the Python "
+        "loop and bookkeeping per action), shown per extra chunk.",
+        "",
+        "### Compute per microbatch",
+        "",
+        "| config | layers per worker (chunks) | forward / backward per chunk, ms (mean) | F+B per "
+        "microbatch, all chunks: wall ms | CPU ms | x 1f1b (CPU) | per extra chunk, CPU ms "
+        "(wall) | slowest worker's F+B, wall ms (x 1f1b's) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in pw:
+        r, p = rows[n], rows[n]["profile"]
+        vm = p["virtual_ms"]
+        a = r.get("analysis")
+        fb = f"{statistics.mean(vm['forward']):.1f} / {statistics.mean(vm['backward']):.1f}"
+        tot, cpu = sum(p["work_ms_per_mb"]), sum(p["work_cpu_ms_per_mb"])
+        if a:
+            x = f"{cpu / a['work_cpu_ms_per_mb_ref']:.3f}"
+            per = f"{a['per_extra_chunk_cpu_ms']:+.1f} ({a['per_extra_chunk_ms']:+.1f})"
+            slow = (f"{a['slowest_work_ms_per_mb']:.1f} "
+                    f"({a['slowest_work_ms_per_mb'] / a['slowest_work_ms_per_mb_ref']:.3f})")
+        else:
+            x, per, slow = ("1" if r["chunks"] == 1 else "-"), "-", f"{max(p['work_ms_per_mb']):.1f}"
+        L.append(f"| `{n}` | {_per_worker_layers(p)} | {fb} | {tot:.1f} | {cpu:.1f} | {x} | {per} | "
+                 f"{slow} |")
+    L += [
+        "",
+        "### Time per step, per worker (mean over workers, ms)",
+        "",
+        "Busy + idle when ready + waiting = the step. *Idle when ready*: the worker sat idle "
+        "although its next action's input had been produced on the other worker (transfer "
+        "latency plus the engine's per-action overhead between spans). *Waiting*: for inputs not "
+        "produced yet (the schedule's bubble, imbalance, the drain). Transfers: messages between "
+        "different workers per step (activations and gradients), in-memory hand-overs between "
+        "chunks on one worker in brackets. Comm: the median activation latency between workers. "
+        f"Cores busy: all workers' CPU seconds over window x {cores} cores.",
+        "",
+        "| config | step | busy | of which update | idle when ready | waiting | bubble measured / "
+        "simulated | transfers per step | comm ms | cores busy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in pw:
+        r, p = rows[n], rows[n]["profile"]
+        mean = statistics.mean
+        L.append(
+            f"| `{n}` | {p['window_ms_per_step']:.0f} | {mean(p['busy_ms_per_step']):.0f} | "
+            f"{mean(p['update_ms_per_step']):.1f} | {mean(p['idle_ready_ms_per_step']):.1f} | "
+            f"{mean(p['idle_wait_ms_per_step']):.0f} | {r['bubble_mean']:.1%} / "
+            f"{r['sim_bubble_mean']:.1%} | {p['transfers_per_step']:.0f} "
+            f"({p['local_handovers_per_step']:.0f}) | {r['costs_ms']['comm']:.2f} | "
+            f"{p['cores_busy']:.0%} |")
+    if not analysed:
+        return L
+    L += [
+        "",
+        "### The ratio to 1f1b, factorised",
+        "",
+        "All workers share the step's wall time, so step = mean busy / (1 - mean bubble), and "
+        "the throughput ratio to 1f1b is exactly (1f1b's busy / this busy) x ((1 - this bubble) / "
+        "(1 - 1f1b's bubble)): a work factor times a bubble factor (from the medians, so their "
+        "product differs slightly from the paired ratio). *Ideal*: the chunked schedule "
+        "simulated with 1f1b's measured stage costs split evenly over the chunks (no per-chunk "
+        "overhead, the same comm), against 1f1b simulated with the same costs: the most the "
+        "smaller bubble can give here on one core per worker.",
+        "",
+        "| config | x 1f1b (paired) | work factor | bubble factor | product | simulated, own "
+        "costs (paired) | ideal: simulated, 1f1b's costs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in analysed:
+        r, a = rows[n], rows[n]["analysis"]
+        L.append(f"| `{n}` | {_f(r.get('vs_pipewave_1f1b_same'), '.3f')} | {a['work_factor']:.3f} | "
+                 f"{a['bubble_factor']:.3f} | {a['product']:.3f} | "
+                 f"{_f(r.get('sim_vs_pipewave_1f1b_same'), '.3f')} | "
+                 f"{_f(a['ideal_sim_ratio'], '.3f')} |")
+    L += ["", "### Per configuration", ""]
+    for n in analysed:
+        r, a = rows[n], rows[n]["analysis"]
+        ref = rows[a["ref"]]
+        p, q = r["profile"], ref["profile"]
+        v = r.get("vs_pipewave_1f1b_same")
+        verdict = ("no paired ratio" if v is None else
+                   f"{v:.3f}x 1f1b, {'faster' if v > 1 else 'slower'} by {abs(v - 1):.1%}")
+        cpu, cpu_ref = a["work_cpu_ms_per_mb"], a["work_cpu_ms_per_mb_ref"]
+        bigger = "larger" if a["work_factor"] < 1 else "smaller"
+        line = (
+            f"- `{n}` ({verdict}; {_f(r['samples_per_s'], '.2f')} vs "
+            f"{_f(ref['samples_per_s'], '.2f')} samples/s): the bubble went from "
+            f"{ref['bubble_mean']:.1%} to {r['bubble_mean']:.1%} (bubble factor "
+            f"{a['bubble_factor']:.3f}), the busy time per worker and step from "
+            f"{a['busy_ms_per_step_ref']:.0f} to {a['busy_ms_per_step']:.0f} ms (work factor "
+            f"{a['work_factor']:.3f}: {bigger} work). The model's F+B per microbatch over its "
+            f"{r['ranks'] * r['chunks']} chunks is {cpu:.1f} CPU ms against {cpu_ref:.1f} over "
+            f"1f1b's {r['ranks']} ({cpu / cpu_ref - 1:+.1%}, {a['per_extra_chunk_cpu_ms']:+.1f} ms "
+            f"per extra chunk); the update {a['update_ms_per_step_ref']:.1f} -> "
+            f"{a['update_ms_per_step']:.1f} ms per step; idle when ready "
+            f"{a['idle_ready_ms_per_step_ref']:.1f} -> {a['idle_ready_ms_per_step']:.1f} ms per "
+            f"step ({a['transfers_per_step_ref']:.0f} -> {a['transfers_per_step']:.0f} transfers "
+            f"per step, {p['local_handovers_per_step']:.0f} in memory); waiting "
+            f"{a['idle_wait_ms_per_step_ref']:.0f} -> {a['idle_wait_ms_per_step']:.0f} ms per step. "
+            f"Without per-chunk overhead the schedule would simulate at "
+            f"{_f(a['ideal_sim_ratio'], '.3f')}x 1f1b.")
+        if r["ranks"] > cores:
+            line += (f" With {r['ranks']} one-thread workers on {cores} cores the cores were "
+                     f"{p['cores_busy']:.0%} busy ({q['cores_busy']:.0%} under 1f1b): a waiting "
+                     "worker leaves its core to the others, so here the bubble costs little "
+                     "throughput and extra work costs it in full (the simulation, which gives "
+                     "each worker its own core, overstates what a smaller bubble gains).")
+        L.append(line)
+    return L
 
 
 def render(report: dict[str, Any]) -> str:
@@ -608,6 +1067,7 @@ def render(report: dict[str, Any]) -> str:
                 f"{'/'.join(f'{x:.1f}' for x in c['backward'])} | "
                 f"{'/'.join(f'{x:.1f}' for x in c['update'])} | {c['comm']:.2f} | "
                 f"{r['startup_s']:.1f} |")
+    L += render_chunked(rows)
     L += ["", "## Samples/s per round", "",
           "| config | " + " | ".join(f"round {i + 1}" for i in range(a["rounds"])) + " |",
           "|---|" + "---:|" * a["rounds"]]
@@ -633,8 +1093,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                    help=f"round-robin rounds over the configurations (default {DEFAULT_ROUNDS})")
     p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
-                   help="comma-separated subset, e.g. pipewave:pipedream:2,torch:1f1b:2,single "
-                        "(default: all 13)")
+                   help="comma-separated subset, e.g. pipewave:pipedream:2,pipewave:hanayo-w2:4,"
+                        "torch:interleaved-1f1b:2,single (default: all "
+                        f"{len(DEFAULT_CONFIGS)})")
     p.add_argument("--output", type=Path, default=HERE / "results.md",
                    help="markdown results file (default benchmarks/results.md)")
     p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
@@ -694,7 +1155,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{head} {res['samples_per_s']:7.2f} samples/s  loss {res['final_loss']:.4f}"
                       f"  run {res['run_wall_s']:.1f} s{extra}", flush=True)
     rows = aggregate(configs, runs)
-    report = {
+    chunk_analysis(rows, a.steps, a.warmup)
+    report: dict[str, Any] = {
         "command": the_command(),
         "started": started.strftime("%Y-%m-%d %H:%M:%S"),
         "finished": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),

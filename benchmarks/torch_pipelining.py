@@ -3,14 +3,21 @@
 One process per rank (``torch.multiprocessing.spawn``), one torch thread per rank, gloo on
 127.0.0.1. Rank ``r`` holds the layers ``service.partition.uniform`` gives stage ``r`` (the same cut
 pipewave uses), built with ``workers.models.build_layers`` from the same seed, so every rank starts
-from bit-identical weights. Each step: rank 0 feeds the batch's inputs, the last rank its targets
-(``workers.data.get_batch``, the same batches pipewave and the single process see), the schedule
-runs ``n_microbatches`` microbatches, then every rank does one fused Adam step and ``zero_grad``.
+from bit-identical weights. ``interleaved-1f1b`` (``ScheduleInterleaved1F1B``): the layers are cut
+uniformly into ``CHUNKS * ranks`` chunks (the cut pipewave's ``uniform`` partition gives
+``interleaved-1f1b`` with ``chunks: 2``), and rank ``r`` holds chunks ``r, r + ranks, ...``
+(torch's looped placement, pipewave's too), one ``PipelineStage`` each (``stage_index`` = the
+chunk, ``num_stages`` = all chunks), under one Adam over all its chunks' parameters.
+
+Each step: rank 0 feeds the batch's inputs, the last rank its targets (``workers.data.get_batch``,
+the same batches pipewave and the single process see), the schedule runs ``n_microbatches``
+microbatches, then every rank does one fused Adam step and ``zero_grad``.
 
 Timing: after ``warmup`` steps all ranks meet at a barrier and rank 0 starts the clock; after the
 measured steps they meet again and rank 0 stops it. Samples/s = steps * batch_size / that window.
 
-Run by ``benchmarks/engine.py`` (config ``torch:gpipe:2``, ``torch:1f1b:4``, ...); standalone:
+Run by ``benchmarks/engine.py`` (config ``torch:gpipe:2``, ``torch:1f1b:4``,
+``torch:interleaved-1f1b:2``, ...); standalone:
 ``python benchmarks/torch_pipelining.py --schedule 1f1b --ranks 2 --steps 4 --warmup 1``.
 """
 
@@ -30,7 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_FILE = REPO / "examples" / "gpt-small.yaml"
-SCHEDULES = ("gpipe", "1f1b")
+SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
+CHUNKS = 2  # interleaved-1f1b: stages (model chunks) per rank
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -47,7 +55,12 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
     import torch
     import torch.distributed as dist
     from torch import nn
-    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+    from torch.distributed.pipelining import (
+        PipelineStage,
+        Schedule1F1B,
+        ScheduleGPipe,
+        ScheduleInterleaved1F1B,
+    )
 
     from service.partition import uniform
     from service.spec import load_spec
@@ -59,18 +72,27 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
                             world_size=world, timeout=timedelta(seconds=300))
     try:
         spec = load_spec(spec_file)
-        cfg, M, B = spec.model, spec.microbatches, spec.batch_size
-        start, end = uniform(num_layers(cfg), world)[rank]
-        module = nn.Sequential(*build_layers(cfg, spec.seed, range(start, end)))
+        cfg, M, B = spec.model, spec.num_microbatches, spec.batch_size
+        V = CHUNKS if schedule == "interleaved-1f1b" else 1
+        N = V * world  # pipeline stages (chunks) in all; rank r holds r, r + world, ... (looped)
+        cuts = uniform(num_layers(cfg), N)
+        mine = [rank + c * world for c in range(V)]
+        modules = [nn.Sequential(*build_layers(cfg, spec.seed, range(*cuts[v]))) for v in mine]
+        # the first chunk is on rank 0, the last (N - 1) on rank world - 1 under the looped placement
         first, last = rank == 0, rank == world - 1
-        stage = PipelineStage(module, rank, world, torch.device("cpu"))
-        cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
+        stages: list[Any] = [PipelineStage(m, v, N, torch.device("cpu"))
+                             for m, v in zip(modules, mine, strict=True)]
         # scale_grads (default True): the loss is a per-microbatch mean, gradients are divided by
         # M, so a step's gradient is that of the mean loss over the whole batch (as unpipelined).
-        pipe = cls(stage, n_microbatches=M, loss_fn=loss_fn)
+        pipe: Any
+        if V > 1:
+            pipe = ScheduleInterleaved1F1B(stages, n_microbatches=M, loss_fn=loss_fn)
+        else:
+            cls = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}[schedule]
+            pipe = cls(stages[0], n_microbatches=M, loss_fn=loss_fn)
         o = spec.optimizer
-        opt = torch.optim.Adam(module.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
-                               weight_decay=o.weight_decay, fused=True)
+        opt = torch.optim.Adam([p for m in modules for p in m.parameters()], lr=o.lr, betas=o.betas,
+                               eps=o.eps, weight_decay=o.weight_decay, fused=True)
         corpus = load_corpus(spec.data) if (first or last) else None
         step_losses: list[float] = []
         step_ends: list[float] = []
@@ -96,7 +118,7 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
             step_ends.append(time.perf_counter())
         dist.barrier()
         t1 = time.perf_counter()
-        result: dict[str, Any] = {"rank": rank, "layers": [start, end]}
+        result: dict[str, Any] = {"rank": rank, "layers": [list(cuts[v]) for v in mine]}
         if first:
             window = t1 - t0
             ends = step_ends[warmup - 1:] if warmup > 0 else [t0, *step_ends]
@@ -126,8 +148,10 @@ def run(schedule: str, ranks: int, steps: int, warmup: int, spec_file: str | Pat
                  nprocs=ranks, join=True)
         r0 = json.loads(Path(out, "rank-0.json").read_text())
         rl = json.loads(Path(out, f"rank-{ranks - 1}.json").read_text())
+        layers = [json.loads(Path(out, f"rank-{r}.json").read_text())["layers"] for r in range(ranks)]
     return {"samples_per_s": r0["samples_per_s"], "window_s": r0["window_s"],
-            "step_s": r0["step_s"], "losses": rl["losses"], "final_loss": rl["losses"][-1]}
+            "step_s": r0["step_s"], "losses": rl["losses"], "final_loss": rl["losses"][-1],
+            "layers": layers}
 
 
 def main() -> None:
