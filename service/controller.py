@@ -133,8 +133,10 @@ class JobController(MovesMixin, RecoveryMixin):
                               microbatches=microbatches, max_stages=bound)
         except InfeasibleError as err:
             raise JobError(f"cannot place the job: {err}") from None
+        auto = req.schedule == "auto"  # (what the request gave stays as given: None too)
         self.spec = req.resolve(jp.stages, jp.microbatches, schedule=jp.schedule,
-                                chunks=jp.chunks, waves=jp.waves)
+                                chunks=jp.chunks if auto or req.chunks == "auto" else req.chunks,
+                                waves=jp.waves if auto or req.waves == "auto" else req.waves)
         self._adopt(jp)
         self._layers, self._slots, self._speeds = profile.layers, slots, profile.speeds
         self._request_slots()
