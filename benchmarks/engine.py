@@ -482,7 +482,7 @@ def launch(cfg: Config, steps: int, warmup: int, timeout_s: float, log_dir: Path
     log_file = result_file.with_suffix(".log")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", cfg.name, "--steps", str(steps),
            "--warmup", str(warmup), "--result", str(result_file)]
-    t0 = time.time()
+    t0, cpu0 = time.time(), _cpu_times()
     with log_file.open("w") as log:
         # its own session: on a timeout the run's whole process group (ranks, Ray) is stopped
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -494,13 +494,36 @@ def launch(cfg: Config, steps: int, warmup: int, timeout_s: float, log_dir: Path
             if isinstance(err, KeyboardInterrupt):
                 raise
             rc = f"timed out after {timeout_s:.0f} s"
-    wall = time.time() - t0
+    wall, cpu1 = time.time() - t0, _cpu_times()
     if rc == 0 and result_file.is_file():
         result = json.loads(result_file.read_text())
         result["run_wall_s"] = wall
+        result["machine_during_run"] = _cpu_share(cpu0, cpu1)
         return result
     tail = log_file.read_text(errors="replace").strip().splitlines()[-25:]
     return {"error": rc if isinstance(rc, str) else f"exit code {rc}", "log_tail": tail, "run_wall_s": wall}
+
+
+def _cpu_times() -> list[int] | None:
+    """The machine's CPU clock ticks from /proc/stat (user nice system idle iowait irq softirq
+    steal ...), or None where there is none."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cpu_share(a: list[int] | None, b: list[int] | None) -> dict[str, float] | None:
+    """Over one run, the share of the machine's CPU time that was busy (all processes, the run's
+    own included) and stolen by the hypervisor (a sign of a noisy host)."""
+    if a is None or b is None:
+        return None
+    d = [y - x for x, y in zip(a, b, strict=True)]
+    total = sum(d)
+    if total <= 0:
+        return None
+    idle = d[3] + d[4]
+    return {"busy": (total - idle - d[7]) / total, "steal": d[7] / total}
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -972,11 +995,13 @@ def render_chunked(rows: dict[str, Any]) -> list[str]:
             f"Without per-chunk overhead the schedule would simulate at "
             f"{_f(a['ideal_sim_ratio'], '.3f')}x 1f1b.")
         if r["ranks"] > cores:
-            line += (f" With {r['ranks']} one-thread workers on {cores} cores the cores were "
-                     f"{p['cores_busy']:.0%} busy ({q['cores_busy']:.0%} under 1f1b): a waiting "
-                     "worker leaves its core to the others, so here the bubble costs little "
-                     "throughput and extra work costs it in full (the simulation, which gives "
-                     "each worker its own core, overstates what a smaller bubble gains).")
+            bound = 1 / q["cores_busy"] if q["cores_busy"] > 0 else float("inf")
+            line += (f" With {r['ranks']} one-thread workers on {cores} cores, a waiting worker "
+                     f"leaves its core to the others: the cores were already {q['cores_busy']:.0%} "
+                     f"busy under 1f1b ({p['cores_busy']:.0%} here), so no schedule can gain more "
+                     f"than {bound:.2f}x on this machine by filling the bubble, while extra work "
+                     "costs in full (the simulation gives each worker its own core and so "
+                     "overstates the gain of a smaller bubble).")
         L.append(line)
     return L
 
@@ -1152,6 +1177,9 @@ def main(argv: list[str] | None = None) -> int:
                     extra = (f"  bubble {res['bubble_mean']:.1%} (sim {res['sim_bubble_mean']:.1%},"
                              f" idle when ready {res['ready_gap_mean']:.1%})"
                              f"  startup {res['startup_s']:.1f} s")
+                mach = res.get("machine_during_run")
+                if mach:
+                    extra += f"  cpu busy {mach['busy']:.0%} steal {mach['steal']:.1%}"
                 print(f"{head} {res['samples_per_s']:7.2f} samples/s  loss {res['final_loss']:.4f}"
                       f"  run {res['run_wall_s']:.1f} s{extra}", flush=True)
     rows = aggregate(configs, runs)
