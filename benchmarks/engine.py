@@ -1094,11 +1094,20 @@ def render(report: dict[str, Any]) -> str:
                 f"{r['startup_s']:.1f} |")
     L += render_chunked(rows)
     L += ["", "## Samples/s per round", "",
+          "In brackets, where at least 1%: the share of the machine's CPU time the hypervisor "
+          "stole during the run (`/proc/stat`), a sign that the host was busy.", "",
           "| config | " + " | ".join(f"round {i + 1}" for i in range(a["rounds"])) + " |",
           "|---|" + "---:|" * a["rounds"]]
+
+    def cell(r: dict[str, Any]) -> str:
+        if "error" in r:
+            return "failed: " + r["error"]
+        mach = r.get("machine_during_run") or {}
+        steal = f" (steal {mach['steal']:.0%})" if mach.get("steal", 0.0) >= 0.01 else ""
+        return f"{r['samples_per_s']:.2f}{steal}"
+
     for name, rs in runs.items():
-        cells = [("failed: " + r["error"]) if "error" in r else f"{r['samples_per_s']:.2f}" for r in rs]
-        L.append(f"| `{name}` | " + " | ".join(cells) + " |")
+        L.append(f"| `{name}` | " + " | ".join(cell(r) for r in rs) + " |")
     L += ["", "Run order: " + " ; ".join(f"round {i + 1}: " + ", ".join(o)
                                           for i, o in enumerate(report["order"])), ""]
     return "\n".join(L)
