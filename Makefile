@@ -7,12 +7,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run train test lint bench clean
+.PHONY: install browser run train test typecheck bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip -c constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[server,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,8 +29,16 @@ train: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	$(BIN)/python -m mypy service workers api deploy/render.py
+	$(MAKE) typecheck
 	$(BIN)/python -m pytest
+
+# mypy names modules by their folders; the code's folders install as pipewave.*, so mypy reads
+# them through a tree of links with the installed names (build/typecheck/pipewave/...).
+typecheck: $(STAMP)
+	rm -rf build/typecheck && mkdir -p build/typecheck/pipewave
+	for d in cli api service workers; do ln -s ../../../$$d build/typecheck/pipewave/$$d; done
+	MYPYPATH=build/typecheck $(BIN)/python -m mypy -p pipewave
+	$(BIN)/python -m mypy deploy/render.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py --output benchmarks/results.md

@@ -1,2 +1,1 @@
-"""REST API and dashboard (FastAPI). The service lands with its own issue; the engine is usable
-from the CLI (`pipewave train`) today."""
+"""REST API and dashboard (FastAPI): jobs, queue, store, cluster routes, Prometheus metrics."""

@@ -14,13 +14,12 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-
-from api import auth
-from api.manager import JobManager
-from api.prom import ServiceMetrics
-from api.routes import cluster, jobs, service
-from api.settings import Settings, get_settings, load_token
-from api.store import JobStore
+from pipewave.api import auth
+from pipewave.api.manager import JobManager
+from pipewave.api.prom import ServiceMetrics
+from pipewave.api.routes import cluster, jobs, service
+from pipewave.api.settings import Settings, get_settings, load_token
+from pipewave.api.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from service.runtime import connect
+        from pipewave.service.cluster.runtime import connect
 
         settings.home.mkdir(parents=True, exist_ok=True)
         os.environ["PIPEWAVE_HOME"] = str(settings.home)  # the profiler cache and others follow it
@@ -64,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(service.open_router)
     app.include_router(service.router)
-    app.mount("/static", StaticFiles(directory=str(resources.files("api").joinpath("static"))), name="static")
+    static = resources.files("pipewave.api").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
     _errors(app)
     app.add_middleware(Guard, token=app.state.token, max_body=settings.max_body_bytes, prom=app.state.prom)
     return app

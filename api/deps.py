@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
-
-from api.manager import JobManager
-from api.settings import Settings
-from api.store import JobStore
+from pipewave.api.manager import JobManager
+from pipewave.api.settings import Settings
+from pipewave.api.store import JobStore
 
 
 # async: FastAPI runs a sync dependency in its thread pool, a hop per dependency per request

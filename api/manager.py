@@ -1,7 +1,7 @@
 """The job manager: the queue, one controller thread per running job, and the store's feed.
 
 Submitted jobs are committed as QUEUED; the dispatcher starts them in FIFO order as stage slots
-free up (``api.queue.decide``), one at a time: a job's planner sees only the slots other jobs
+free up (``pipewave.api.queue.decide``), one at a time: a job's planner sees only the slots other jobs
 leave free, and the next job is considered once it is placed. Each job's controller runs in its
 own thread and reports into the store (state changes, events, live and per-run metrics,
 checkpoints, the latest timeline, its log). After a restart, jobs that were running resume from
@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api.models import ApiState, StepPoint, Timeline
-from api.queue import Holding, Waiting, decide
-from api.settings import Settings
-from api.store import JobStore, to_public
-from service import checkpoint as ckpt
-from service.spec import JobSpec
+from pipewave.api.models import ApiState, StepPoint, Timeline
+from pipewave.api.queue import Holding, Waiting, decide
+from pipewave.api.settings import Settings
+from pipewave.api.store import JobStore, to_public
+from pipewave.service.control import checkpoint as ckpt
+from pipewave.service.spec import JobSpec
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def min_slots(spec: JobSpec) -> int:
 class _Running:
     job_id: str
     spec: JobSpec
-    controller: Any = None  # service.controller.JobController, once made
+    controller: Any = None  # pipewave.service.control.controller.JobController, once made
     thread: threading.Thread | None = None
     placed: bool = False  # its stages run (or it ended): the next job may be planned
     last: tuple[int, float] | None = None  # (step, time) of the previous progress report
@@ -174,9 +174,8 @@ class JobManager:
         total = min(held + sum(queued_needs), 1024) if wanting else 0
         if total == self._requested:
             return
+        from pipewave.service.control.job import stage_bundle
         from ray.autoscaler.sdk import request_resources
-
-        from service.job import stage_bundle
 
         bundle = stage_bundle(self.settings.cpus_per_stage, self.settings.gpus_per_stage)
         request_resources(bundles=[bundle] * total)
@@ -190,7 +189,7 @@ class JobManager:
         return (r.spec.steps - ctl.step_done) * r.spec.batch_size / r.rate
 
     def _launch(self, job_id: str, spec: JobSpec, node_slots: dict[str, int]) -> None:
-        from service.controller import ControllerOptions, JobController
+        from pipewave.service.control.controller import ControllerOptions, JobController
 
         row = self.store.get(job_id)
         assert row is not None
@@ -321,8 +320,7 @@ def timeline_of(reports: list[Any], first: int, count: int, microbatches: int, l
 def free_slots_per_node(cpus_per_stage: float) -> dict[str, int]:
     """Stage slots free on each alive, not draining node (Ray's available CPUs)."""
     import ray
-
-    from service.nodes import draining_node_ids
+    from pipewave.service.cluster.nodes import draining_node_ids
 
     alive = {str(n["NodeID"]) for n in ray.nodes() if n.get("Alive")}
     leaving = draining_node_ids()
@@ -342,7 +340,7 @@ def _cap(per_node: dict[str, int], total: int) -> dict[str, int]:
 
 
 def _layer_names(spec: JobSpec) -> list[str]:
-    from workers.models import layer_names
+    from pipewave.workers.models import layer_names
 
     return list(layer_names(spec.model))
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from pipewave.api.models import ApiState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-from api.models import ApiState
 
 
 class _JobCollector(Collector):
@@ -44,8 +43,8 @@ class _JobCollector(Collector):
                 stages.add_metric(labels, r.stages)
         yield from (step, loss, rate, stages)
         try:
-            from api.manager import free_slots_per_node
-            from api.routes.cluster import total_slots
+            from pipewave.api.manager import free_slots_per_node
+            from pipewave.api.routes.cluster import total_slots
 
             free = sum(free_slots_per_node(self.manager.settings.cpus_per_stage).values())
             total = total_slots(self.manager.settings.cpus_per_stage)

@@ -14,12 +14,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
-
-from api.db import CheckpointRow, EventRow, JobRow, MetricRow, TimelineRow, make_engine
-from api.models import (
+from pipewave.api.db import CheckpointRow, EventRow, JobRow, MetricRow, TimelineRow, make_engine
+from pipewave.api.models import (
     PHASE_TO_STATE,
     ApiState,
     CheckpointPublic,
@@ -29,6 +25,9 @@ from api.models import (
     StepPoint,
     Timeline,
 )
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 
 class IdempotencyConflict(Exception):

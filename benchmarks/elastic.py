@@ -56,8 +56,8 @@ def remove_workers(cluster: Any, nodes: list[Any], timeout_s: float = 90.0) -> N
 
 
 def job(a: argparse.Namespace, kind: str, r: int, out: Path, profiles: Path) -> Any:
-    from service.controller import ControllerOptions, JobController
-    from service.spec import load_spec
+    from pipewave.service.control.controller import ControllerOptions, JobController
+    from pipewave.service.spec import load_spec
 
     elastic: dict[str, Any] = {"min_stages": 1, "max_stages": 3} | (
         {"wait_timeout_s": 120} if kind == "join" else {})
@@ -94,7 +94,7 @@ def run_round(kind: str, cluster: Any, a: argparse.Namespace, r: int, tmp: Path)
 
 
 def drive_join(ctl: Any, cluster: Any, nodes: list[Any], res: dict[str, Any]) -> None:
-    from service.controller import JobState
+    from pipewave.service.control.controller import JobState
 
     joined_at = 0.0
     while not ctl.state.is_terminal:
@@ -116,8 +116,7 @@ def drive_join(ctl: Any, cluster: Any, nodes: list[Any], res: dict[str, Any]) ->
 
 def drive_failure(ctl: Any, cluster: Any, nodes: list[Any], res: dict[str, Any]) -> None:
     import ray
-
-    from service.controller import JobState
+    from pipewave.service.control.controller import JobState
 
     killed: dict[str, Any] = {}
 

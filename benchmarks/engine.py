@@ -181,14 +181,14 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     """One pipewave job of warmup + steps steps in an embedded Ray cluster; figures after warm-up."""
     _repo_on_path()
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # explicit, as the tests do (Ray 2.60 default)
-    from service.runtime import connect, disconnect
+    from pipewave.service.cluster.runtime import connect, disconnect
 
     t_start = time.time()
     connect(None, max(4, cfg.ranks))  # before anything imports ray: loopback-only cluster
     try:
-        from service.controller import ControllerOptions, JobController
-        from service.schedules import Costs, make_schedule, simulate
-        from service.spec import load_spec
+        from pipewave.service.control.controller import ControllerOptions, JobController
+        from pipewave.service.schedules import Costs, make_schedule, simulate
+        from pipewave.service.spec import load_spec
 
         spec = load_spec(SPEC_FILE, overrides={
             "name": f"bench-{cfg.token}-{cfg.ranks}", **cfg.spec_fields,
@@ -291,7 +291,7 @@ def _virtual_costs(reports: list[Any], placement: Any, M: int, first_step: int,
     and backward over the measured steps: wall seconds (``forward``, ``backward``: the backward
     without the optimizer step, whose mean is ``update_s``) and work seconds (``forward_cpu``,
     ``backward_cpu``: the stage's CPU time, the backwards carrying an update left out)."""
-    from service.schedules import Kind
+    from pipewave.service.schedules import Kind
 
     n = placement.num_virtual_stages
     acc: dict[str, list[list[float]]] = {
@@ -395,7 +395,7 @@ def _estimate_comm(reports: list[Any], placement: Any) -> float:
     """Median worker-to-worker activation latency: from the end of the forward of virtual stage
     v-1 on one worker to the start of virtual stage v's on another, over the forwards the
     receiving worker was idle waiting for (a wave's turn, two chunks on one worker, is no hop)."""
-    from service.schedules import Kind
+    from pipewave.service.schedules import Kind
 
     ends: dict[tuple[int, int], float] = {}  # (virtual stage, microbatch) -> end of its forward
     for r in reports:
@@ -431,10 +431,9 @@ def run_single(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     _repo_on_path()
     t_start = time.time()
     import torch
-
-    from service.spec import load_spec
-    from workers.data import get_batch, load_corpus, microbatch
-    from workers.models import build_model, loss_fn
+    from pipewave.service.spec import load_spec
+    from pipewave.workers.data import get_batch, load_corpus, microbatch
+    from pipewave.workers.models import build_model, loss_fn
 
     torch.set_num_threads(cfg.threads)
     spec = load_spec(SPEC_FILE)
@@ -666,7 +665,7 @@ def _sim_samples_per_s(schedule: str, chunks: int, stages: int, costs: dict[str,
     """Samples/s of the simulated schedule over the measured window (warm-up steps left out, as
     for the runs) under ``costs`` (seconds: forward/backward per stage or per virtual stage)."""
     _repo_on_path()
-    from service.schedules import Costs, make_schedule, simulate
+    from pipewave.service.schedules import Costs, make_schedule, simulate
 
     sched = make_schedule(schedule, stages, microbatches, warmup + steps,
                           waves=chunks // 2 if schedule == "hanayo" else None,
@@ -1066,7 +1065,7 @@ def render(report: dict[str, Any]) -> str:
             "Measured: 1 - busy / wall per stage over the measured steps (from the end of the "
             "last warm-up step to the end of the last step; each action's busy time counts to "
             "its microbatch's step), busy being the stage's compute spans (waits for messages "
-            "excluded). Simulated: `service.schedules.simulate` of the same schedule and step "
+            "excluded). Simulated: `pipewave.service.schedules.simulate` of the same schedule and step "
             "count with that run's measured mean per-stage forward, backward and update costs "
             "over the measured steps and the measured stage-to-stage latency, its bubble taken "
             "over the same window by the same definition. Mean over stages; per stage in brackets. "

@@ -52,8 +52,8 @@ def per_stage_mean(rows: list[tuple[float, ...]]) -> list[float]:
 
 def run_job(stages: int, mode: str, a: argparse.Namespace, profile_dir: Path) -> dict[str, Any]:
     """One job in the running Ray cluster; its figures over the measured window."""
-    from service.controller import ControllerOptions, JobController
-    from service.spec import load_spec
+    from pipewave.service.control.controller import ControllerOptions, JobController
+    from pipewave.service.spec import load_spec
 
     model = load_spec(SPEC_FILE).model.model_dump(mode="json") | {"vocab_size": a.vocab}
     spec = load_spec(SPEC_FILE, overrides={
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--stages, --steps, --warmup and --rounds must be positive")
     sys.path.insert(0, str(REPO))
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    from service.runtime import connect, disconnect
+    from pipewave.service.cluster.runtime import connect, disconnect
 
     started, t_start, cpus, load_before = datetime.now(UTC), time.time(), os.cpu_count() or 1, loadavg()
     configs = [(m, S) for S in stages for m in MODES]

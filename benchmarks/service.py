@@ -69,7 +69,7 @@ class LocalServer(Server):
     def start(self, timeout: float = 90) -> LocalServer:
         self.home.mkdir(parents=True, exist_ok=True)
         log = (self.home / "server.log").open("ab")
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "pipewave.cli", "serve", "--port", str(self.port),
                *(["--address", self.address] if self.address else []), *self.args]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         wait_for(self._healthy, timeout, f"the server on {self.url} (log: {self.home / 'server.log'})")
@@ -259,7 +259,7 @@ def phase_latency(server: Server, job_id: str, clients: int, duration: float) ->
 
 # -- the run -----------------------------------------------------------------------------------
 def run(a: argparse.Namespace, rep: dict[str, Any]) -> None:
-    from service.spec import load_spec
+    from pipewave.service.spec import load_spec
 
     cps = a.cpus_per_stage or 1.0  # the embedded cluster offers 4 logical CPUs (PIPEWAVE_LOCAL_CPUS)
     planned_s = 4 * (a.phase_s + a.settle_s + 15) + a.latency_s + a.settle_s + 60

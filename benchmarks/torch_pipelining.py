@@ -1,15 +1,15 @@
 """Baseline: the same GPT workload trained with torch.distributed.pipelining over gloo.
 
 One process per rank (``torch.multiprocessing.spawn``), one torch thread per rank, gloo on
-127.0.0.1. Rank ``r`` holds the layers ``service.partition.uniform`` gives stage ``r`` (the same cut
-pipewave uses), built with ``workers.models.build_layers`` from the same seed, so every rank starts
+127.0.0.1. Rank ``r`` holds the layers ``planning.partition.uniform`` gives stage ``r`` (the same cut
+pipewave uses), built with ``pipewave.workers.models.build_layers`` from the same seed, so every rank starts
 from bit-identical weights. ``interleaved-1f1b`` (``ScheduleInterleaved1F1B``): the layers are cut
 uniformly into ``CHUNKS * ranks`` chunks (the cut pipewave's ``uniform`` partition gives
 ``interleaved-1f1b`` with ``chunks: 2``), and rank ``r`` holds chunks ``r, r + ranks, ...``
 (torch's looped placement, pipewave's too), one ``PipelineStage`` each (``stage_index`` = the
 chunk, ``num_stages`` = all chunks), under one Adam over all its chunks' parameters.
 
-Each step: rank 0 feeds the batch's inputs, the last rank its targets (``workers.data.get_batch``,
+Each step: rank 0 feeds the batch's inputs, the last rank its targets (``pipewave.workers.data.get_batch``,
 the same batches pipewave and the single process see), the schedule runs ``n_microbatches``
 microbatches, then every rank does one fused Adam step and ``zero_grad``.
 
@@ -54,6 +54,10 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
         sys.path.insert(0, str(REPO))
     import torch
     import torch.distributed as dist
+    from pipewave.service.planning.partition import uniform
+    from pipewave.service.spec import load_spec
+    from pipewave.workers.data import get_batch, load_corpus
+    from pipewave.workers.models import build_layers, loss_fn, num_layers
     from torch import nn
     from torch.distributed.pipelining import (
         PipelineStage,
@@ -61,11 +65,6 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
         ScheduleGPipe,
         ScheduleInterleaved1F1B,
     )
-
-    from service.partition import uniform
-    from service.spec import load_spec
-    from workers.data import get_batch, load_corpus
-    from workers.models import build_layers, loss_fn, num_layers
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,

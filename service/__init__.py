@@ -1,1 +1,1 @@
-"""pipewave service: schedules, runtime, control plane."""
+"""pipewave's service layer: job specs, schedules, planning, the control plane, the cluster."""

@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Annotated, Literal, TypedDict
 
 import yaml
+from pipewave.service.schedules import ALL_SCHEDULE_NAMES, Placement, placement_for
+from pipewave.service.schedules.registry import DEFAULT_CHUNKS, DEFAULT_WAVES
+from pipewave.workers.models import num_layers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.schedules import ALL_SCHEDULE_NAMES, Placement, placement_for
-from service.schedules.registry import DEFAULT_CHUNKS, DEFAULT_WAVES
-from workers.models import num_layers
-
 ScheduleName = Literal["gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"]
-# "auto": the planner picks among the synchronous schedules (service.planner.AUTO_SCHEDULES)
+# "auto": the planner picks among the synchronous schedules (pipewave.service.planning.planner.AUTO_SCHEDULES)
 ScheduleChoice = Literal["gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo", "auto"]
 assert set(ALL_SCHEDULE_NAMES) == {"gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"}
 

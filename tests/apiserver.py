@@ -50,7 +50,7 @@ class Server:
     def start(self, timeout: float = 90) -> Server:
         self.home.mkdir(parents=True, exist_ok=True)
         log = (self.home / "server.log").open("ab")
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "pipewave.cli", "serve", "--port", str(self.port),
                "--address", self.address, *self.args]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      cwd=Path(__file__).resolve().parents[1])

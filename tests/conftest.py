@@ -16,20 +16,55 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ["PIPEWAVE_HOME"] = tempfile.mkdtemp(prefix="pipewave-tests-")
 
 import functools
-from collections.abc import Callable, Iterator
+import importlib.abc
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+from harness import ensure_local_ray, new_spec, run_spec
 
-RAY_CPUS = 4  # logical CPUs of the embedded cluster: enough for one 4-stage job at a time
+
+class _OldNames(importlib.abc.MetaPathFinder):
+    """pipewave's code imports only as ``pipewave.*``: the folders ``api``, ``service``,
+    ``workers`` and ``cli`` are on no import path when installed, and must not be found through
+    the repository root in tests either (``python -m pytest`` puts the working directory first)."""
+
+    NAMES = frozenset({"api", "service", "workers", "cli"})
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None):
+        if fullname.split(".")[0] in self.NAMES:
+            raise ImportError(f"{fullname!r}: pipewave's code imports as 'pipewave.{fullname}'")
+        return None
+
+
+sys.meta_path.insert(0, _OldNames())
+
+# Tests mirror the code: tests/unit needs no Ray; tests/ray and tests/e2e are marked ``ray``
+# here, by folder, so ``-m "not ray"`` is a Ray-free lane without a marker to forget.
+RAY_FIXTURES = frozenset({"_ray_session", "ray_cluster", "ray_address", "server", "run_job", "shared_runs"})
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        lane = Path(str(item.path)).resolve().relative_to(HERE).parts[0]
+        if lane in ("ray", "e2e"):
+            item.add_marker(pytest.mark.ray)
+        elif lane == "unit":
+            used = RAY_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            if used:
+                raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(used)}: "
+                                        "move it to tests/ray or tests/e2e")
 
 
 @pytest.fixture(scope="session")
 def _ray_session() -> Iterator[None]:
     """Stop whatever Ray this process still holds at the end of the session."""
     yield
-    from service.runtime import disconnect
+    from pipewave.service.cluster.runtime import disconnect
 
     disconnect()
 
@@ -41,61 +76,16 @@ def ray_cluster(_ray_session: None) -> None:
     ensure_local_ray()
 
 
-def ensure_local_ray() -> None:
-    import ray
-
-    from service.runtime import connect
-
-    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) == RAY_CPUS \
-            and len(ray.nodes()) == 1:
-        return
-    if ray.is_initialized():
-        ray.shutdown()
-    connect(None, RAY_CPUS)
-
-
-def _make_spec(**overrides: Any):
-    """A tiny job (gpt, 4 cuttable layers) on synthetic data; ``overrides`` replace fields."""
-    from service.spec import JobSpec
-
-    data: dict[str, Any] = {
-        "name": "t",
-        "model": {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 2,
-                  "seq_len": 16},
-        "data": {"kind": "synthetic"},
-        "schedule": "1f1b",
-        "partition": "uniform",  # the engine's numerics: a fixed, known split
-        "stages": 2,
-        "microbatches": 4,
-        "batch_size": 8,
-        "steps": 5,
-        "optimizer": {"kind": "adam", "lr": 1e-2},
-        "seed": 0,
-    }
-    data.update(overrides)
-    return JobSpec.model_validate(data)
-
-
-def _run_job(spec, output: Path, resume: bool = False):
-    """Run one job to the end in this process; returns (controller, summary)."""
-    from service.controller import ControllerOptions, JobController
-
-    ensure_local_ray()
-    ctl = JobController(spec, output, ControllerOptions(cpus_per_stage=1, threads_per_stage=1,
-                                                        resume=resume, ready_timeout_s=60.0))
-    return ctl, ctl.run()
-
-
 @pytest.fixture
 def make_spec():
     """``make_spec(**overrides)`` -> a tiny JobSpec (no Ray needed)."""
-    return _make_spec
+    return new_spec
 
 
 @pytest.fixture
 def run_job(ray_cluster):
     """``run_job(spec, output, resume=False)`` -> (controller, summary), on the shared cluster."""
-    return _run_job
+    return run_spec
 
 
 # ----------------------------------------------------------------------------- shared jobs
@@ -122,12 +112,12 @@ class SharedRuns:
     def __init__(self, schedule: str, base: Path) -> None:
         kw = {"schedule": schedule, "stages": 2, "optimizer": SHARED_OPTIMIZERS[schedule],
               "checkpoint": {"every_steps": 5}}
-        self.first_spec, self.straight_spec = _make_spec(steps=5, **kw), _make_spec(steps=10, **kw)
+        self.first_spec, self.straight_spec = new_spec(steps=5, **kw), new_spec(steps=10, **kw)
         self.split_dir, self.straight_dir = base / "split", base / "straight"
 
     @functools.cached_property
     def _first(self) -> tuple[Any, Any]:
-        ctl, summary = _run_job(self.first_spec, self.split_dir)
+        ctl, summary = run_spec(self.first_spec, self.split_dir)
         assert summary.state == "SUCCEEDED", summary.reason
         return ctl, summary
 
@@ -142,13 +132,13 @@ class SharedRuns:
     @functools.cached_property
     def resumed(self) -> Any:
         assert self.first is not None  # the first half must be in split_dir
-        ctl, summary = _run_job(self.straight_spec, self.split_dir, resume=True)
+        ctl, summary = run_spec(self.straight_spec, self.split_dir, resume=True)
         assert summary.state == "SUCCEEDED", summary.reason
         return ctl
 
     @functools.cached_property
     def straight(self) -> Any:
-        ctl, summary = _run_job(self.straight_spec, self.straight_dir)
+        ctl, summary = run_spec(self.straight_spec, self.straight_dir)
         assert summary.state == "SUCCEEDED", summary.reason
         return ctl
 
@@ -164,17 +154,6 @@ def shared_runs(_ray_session, tmp_path_factory) -> Callable[[str], SharedRuns]:
         return cache[schedule]
 
     return get
-
-
-def autoscaler_request() -> list[dict[str, float]] | None:
-    """What the cluster's autoscaler is asked to make room for (Ray's own KV entry)."""
-    import json
-
-    from ray.autoscaler._private.constants import AUTOSCALER_RESOURCE_REQUEST_CHANNEL
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
-    return json.loads(raw) if raw else None
 
 
 # ----------------------------------------------------------------------------- the service

@@ -1,7 +1,8 @@
 """Single-process reference executors for pipewave's training semantics, written for clarity.
 
-Nothing here comes from the runtime's scheduling code (no ``service.schedules``, ``workers.stage``
-or ``workers.optim``): only the model zoo and the data, which define *what* is trained. Each
+Nothing here comes from the runtime's scheduling code (no ``pipewave.service.schedules``,
+``pipewave.workers.stage`` or ``pipewave.workers.optim``): only the model zoo and the data, which
+define *what* is trained. Each
 executor walks the microbatches in order and computes, for each one, the gradient of the
 full-model loss where every stage's layers use the weight version the semantics assign to that
 stage for that microbatch; the optimizer steps are torch.optim's standard (non-fused)
@@ -27,11 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pipewave.workers.data import get_batch, load_corpus, microbatch
+from pipewave.workers.models import build_model, loss_fn, num_layers
 from torch import Tensor, nn
 from torch.func import functional_call
-
-from workers.data import get_batch, load_corpus, microbatch
-from workers.models import build_model, loss_fn, num_layers
 
 ATOL, RTOL = 1e-5, 1e-4  # runtime (fused kernels, microbatches) vs reference (full batch)
 

@@ -1,1 +1,1 @@
-"""Worker-side code: the model zoo, data, and pipeline stage actors."""
+"""Worker-side code: the action IR, models, data, and the pipeline stage actors."""

@@ -18,16 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.func import functional_call
-
-from service.schedules import Action, Kind
-from service.spec import JobSpec
-from workers import comm
-from workers.data import get_batch, load_corpus, microbatch
-from workers.models import build_layers, loss_fn, num_layers
-from workers.optim import OutOfPlaceOptimizer, Version
-from workers.state import (
+from pipewave.service.schedules import Action, Kind
+from pipewave.service.spec import JobSpec
+from pipewave.workers import comm
+from pipewave.workers.data import get_batch, load_corpus, microbatch
+from pipewave.workers.models import build_layers, loss_fn, num_layers
+from pipewave.workers.optim import OutOfPlaceOptimizer, Version
+from pipewave.workers.state import (
     Chunks,
     describe,
     hull,
@@ -35,6 +32,8 @@ from workers.state import (
     merge_payloads,
     save_stage_file,
 )
+from torch import nn
+from torch.func import functional_call
 
 logger = logging.getLogger(__name__)
 

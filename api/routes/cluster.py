@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-
-from api.deps import ManagerDep, NodeId, SettingsDep
-from api.models import ClusterPublic, DrainPublic, DrainRequest, NodePublic, SlotSummary, StageOnNode
+from pipewave.api.deps import ManagerDep, NodeId, SettingsDep
+from pipewave.api.models import ClusterPublic, DrainPublic, DrainRequest, NodePublic, SlotSummary, StageOnNode
 
 router = APIRouter(prefix="/cluster", tags=["cluster"])
 
@@ -15,8 +14,7 @@ router = APIRouter(prefix="/cluster", tags=["cluster"])
 @router.get("", response_model=ClusterPublic)
 def cluster(settings: SettingsDep, manager: ManagerDep) -> ClusterPublic:
     import ray
-
-    from service.nodes import KIND_LABEL, draining_node_ids
+    from pipewave.service.cluster.nodes import KIND_LABEL, draining_node_ids
 
     cps = settings.cpus_per_stage
     draining = draining_node_ids()
@@ -46,8 +44,7 @@ def cluster(settings: SettingsDep, manager: ManagerDep) -> ClusterPublic:
 def total_slots(cpus_per_stage: float) -> int:
     """Stage slots of the alive, not draining nodes."""
     import ray
-
-    from service.nodes import draining_node_ids
+    from pipewave.service.cluster.nodes import draining_node_ids
 
     leaving = draining_node_ids()
     return sum(int(n.get("Resources", {}).get("CPU", 0) // cpus_per_stage) for n in ray.nodes()
@@ -58,8 +55,7 @@ def total_slots(cpus_per_stage: float) -> int:
              responses={404: {"description": "no such node"}, 409: {"description": "cannot drain"}})
 def drain(node_id: NodeId, body: DrainRequest | None = None) -> DrainPublic:
     import ray
-
-    from service.elastic import DrainError, drain_node
+    from pipewave.service.control.elastic import DrainError, drain_node
 
     known = {str(n["NodeID"]): bool(n.get("Alive")) for n in ray.nodes()}
     if node_id.lower() not in known:

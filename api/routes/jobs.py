@@ -11,11 +11,9 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from sse_starlette.sse import EventSourceResponse
-
-from api.deps import JobId, ManagerDep, SettingsDep, StoreDep, not_found
-from api.manager import min_slots, public
-from api.models import (
+from pipewave.api.deps import JobId, ManagerDep, SettingsDep, StoreDep, not_found
+from pipewave.api.manager import min_slots, public
+from pipewave.api.models import (
     ApiState,
     CheckpointList,
     JobList,
@@ -23,9 +21,10 @@ from api.models import (
     MetricsList,
     Timeline,
 )
-from api.settings import Settings
-from api.store import IdempotencyConflict, to_public
-from service.spec import JobSpec, TextData
+from pipewave.api.settings import Settings
+from pipewave.api.store import IdempotencyConflict, to_public
+from pipewave.service.spec import JobSpec, TextData
+from sse_starlette.sse import EventSourceResponse
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -9,10 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-
-from api.auth import COOKIE, token_matches
-from api.deps import ManagerDep
-from api.models import Health
+from pipewave.api.auth import COOKIE, token_matches
+from pipewave.api.deps import ManagerDep
+from pipewave.api.models import Health
 
 open_router = APIRouter(tags=["service"])  # no token needed
 router = APIRouter(tags=["service"])
@@ -33,7 +32,7 @@ def metrics(request: Request) -> Response:
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def dashboard() -> HTMLResponse:
-    return HTMLResponse(resources.files("api").joinpath("static/index.html").read_text(),
+    return HTMLResponse(resources.files("pipewave.api").joinpath("static/index.html").read_text(),
                         headers={"Cache-Control": "no-store"})
 
 

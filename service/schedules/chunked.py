@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from service.schedules.action import Action, Kind
-from service.schedules.placement import Placement
-from service.schedules.schedule import Schedule, place
+from pipewave.service.schedules.schedule import Schedule, place
+from pipewave.workers.actions import Action, Kind
+from pipewave.workers.placement import Placement
 
 Item = tuple[int, int]  # (chunk, microbatch within the step)
 

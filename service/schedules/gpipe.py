@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.schedules.one_f_one_b import flushed
-from service.schedules.schedule import Schedule
+from pipewave.service.schedules.one_f_one_b import flushed
+from pipewave.service.schedules.schedule import Schedule
 
 
 def generate(num_stages: int, num_microbatches: int, num_steps: int = 1) -> Schedule:

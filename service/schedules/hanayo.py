@@ -16,9 +16,9 @@ min(2WP + 2(W-1)s + w, (2W-1)M + 1 + w, 2WM) forwards, s = M mod P.
 
 from __future__ import annotations
 
-from service.schedules.chunked import Item, flushed_chunks
-from service.schedules.placement import waves as wave_placement
-from service.schedules.schedule import Schedule
+from pipewave.service.schedules.chunked import Item, flushed_chunks
+from pipewave.service.schedules.schedule import Schedule
+from pipewave.workers.placement import waves as wave_placement
 
 
 def groups(num_stages: int, num_microbatches: int) -> list[int]:

@@ -9,9 +9,9 @@ This needs the microbatches to be a multiple of P, as Megatron does.
 
 from __future__ import annotations
 
-from service.schedules.chunked import Item, flushed_chunks
-from service.schedules.placement import looped
-from service.schedules.schedule import Schedule
+from pipewave.service.schedules.chunked import Item, flushed_chunks
+from pipewave.service.schedules.schedule import Schedule
+from pipewave.workers.placement import looped
 
 
 def generate(num_stages: int, num_microbatches: int, num_steps: int = 1, chunks: int = 2) -> Schedule:

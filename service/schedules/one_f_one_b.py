@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from service.schedules.action import Action, Kind
-from service.schedules.schedule import Schedule, place
+from pipewave.service.schedules.schedule import Schedule, place
+from pipewave.workers.actions import Action, Kind
 
 
 def order_1f1b(microbatches: Sequence[int], warmup: int) -> list[tuple[Kind, int]]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from service.schedules import gpipe, hanayo, interleaved, one_f_one_b, pipedream, two_bw
-from service.schedules.placement import Placement, looped, single
-from service.schedules.placement import waves as wave_placement
-from service.schedules.schedule import Schedule
-from service.schedules.validate import validate
+from pipewave.service.schedules import gpipe, hanayo, interleaved, one_f_one_b, pipedream, two_bw
+from pipewave.service.schedules.schedule import Schedule
+from pipewave.service.schedules.validate import validate
+from pipewave.workers.placement import Placement, looped, single
+from pipewave.workers.placement import waves as wave_placement
 
 # one chunk per stage
 SCHEDULE_NAMES = ("gpipe", "1f1b", "pipedream", "2bw")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.schedules.schedule import Schedule
-from service.schedules.simulate import Costs, simulate
+from pipewave.service.schedules.schedule import Schedule
+from pipewave.service.schedules.simulate import Costs, simulate
 
 
 def describe(schedule: Schedule, costs: Costs = Costs()) -> dict[str, Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.schedules.action import Action, Key
-from service.schedules.placement import Placement
+from pipewave.workers.actions import Action, Key
+from pipewave.workers.placement import Placement
 
 
 class ScheduleError(ValueError):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from service.schedules.action import Action, Key, Kind
-from service.schedules.schedule import Schedule, ScheduleError
+from pipewave.service.schedules.schedule import Schedule, ScheduleError
+from pipewave.workers.actions import Action, Key, Kind
 
 
 @dataclass(frozen=True)

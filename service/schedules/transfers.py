@@ -9,8 +9,8 @@ run with any (the generated schedules have none: tests/test_transfers.py).
 
 from __future__ import annotations
 
-from service.schedules.action import Kind
-from service.schedules.schedule import Schedule
+from pipewave.service.schedules.schedule import Schedule
+from pipewave.workers.actions import Kind
 
 Message = tuple[str, int, int]  # (kind "act" | "grad", microbatch, receiving virtual stage)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from service.schedules.action import Action, Kind
-from service.schedules.one_f_one_b import order_1f1b
-from service.schedules.schedule import Schedule, place
+from pipewave.service.schedules.one_f_one_b import order_1f1b
+from pipewave.service.schedules.schedule import Schedule, place
+from pipewave.workers.actions import Action, Kind
 
 
 def generate(num_stages: int, num_microbatches: int, num_steps: int = 1) -> Schedule:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NoReturn
 
-from service.schedules.action import Action, Key, Kind
-from service.schedules.schedule import Schedule, ScheduleError
+from pipewave.service.schedules.schedule import Schedule, ScheduleError
+from pipewave.workers.actions import Action, Key, Kind
 
 _Fail = Callable[[str], NoReturn]
 

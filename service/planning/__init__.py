@@ -1,0 +1,1 @@
+"""Planning: node kinds, layer profiles, the exact partitioner and the job planner."""

@@ -1,0 +1,103 @@
+"""The planner on the shared local Ray cluster and through 'pipewave plan' (an embedded cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pipewave.service.planning.partition import LayerCost, Slot
+from pipewave.service.planning.planner import (
+    cluster_slots,
+    plan_job,
+    render_plan,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+GPT = {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_layers": 8, "n_heads": 2, "seq_len": 16}
+NAMES = ["embed", *(f"block{i}" for i in range(8)), "head"]
+
+
+def gpt_layers(head: float = 3.0) -> list[LayerCost]:
+    """The GPT shape: a tiny embedding, 8 equal blocks (1 ms fwd + 2 ms bwd), a heavy head."""
+    embed = LayerCost(1e-4, 2e-4, 4_000, 1_000, 1_000)
+    block = LayerCost(1e-3, 2e-3, 50_000, 10_000, 1_000)
+    last = LayerCost(head * 1e-3, head * 2e-3, 200_000, 40_000, 1_000)
+    return [embed, *[block] * 8, last]
+
+
+def slots(n: int, budget: int | None = None) -> list[Slot]:
+    return [Slot(f"node{i}", 1.0, budget) for i in range(n)]
+
+
+def stage_times(layers: list[LayerCost], bounds) -> list[float]:
+    return [sum(c.forward_s + c.backward_s for c in layers[a:b]) for a, b in bounds]
+
+
+@pytest.mark.ray
+def test_cluster_slots_on_the_test_cluster(ray_cluster):
+    from harness import RAY_CPUS
+
+    found = cluster_slots()
+    assert len(found) == RAY_CPUS
+    assert all(s.speed == 1.0 and s.memory_bytes is not None and s.memory_bytes > 0 for s in found)
+    assert len(cluster_slots(cpus_per_stage=2)) == RAY_CPUS // 2
+    assert cluster_slots(memory_fraction=0.4)[0].memory_bytes == pytest.approx(
+        found[0].memory_bytes / 2, rel=1e-6)  # type: ignore[operator]
+
+
+@pytest.mark.ray
+def test_plan_a_profiled_tiny_gpt(ray_cluster, make_spec, tmp_path):
+    from pipewave.service.planning.profiler import ProfileCache, profile_on_cluster
+    from pipewave.workers.models import layer_names
+
+    spec = make_spec(schedule="pipedream")
+    profile = profile_on_cluster(spec, ProfileCache(tmp_path))
+    jp = plan_job(spec, profile.layers, cluster_slots())
+    assert 1 <= jp.stages <= 4 and spec.batch_size % jp.microbatches == 0
+    assert jp.plan.partition[-1][1] == len(profile.layers)
+    assert jp.predicted_samples_per_s > 0
+    assert "head" in render_plan(jp, spec, layer_names(spec.model))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def pipewave(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PIPEWAVE_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "pipewave.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def job_file(tmp_path: Path) -> Path:
+    spec = {"name": "p", "model": {"kind": "gpt", "vocab_size": 256, "d_model": 16, "n_layers": 2,
+                                   "n_heads": 2, "seq_len": 8},
+            "data": {"kind": "synthetic"}, "schedule": "1f1b", "stages": 2, "microbatches": 2,
+            "batch_size": 4}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.slow
+def test_cli_plan_json(tmp_path):
+    proc = pipewave("plan", str(job_file(tmp_path)), "--json", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["stages"] == 2 and data["microbatches"] == 2
+    assert data["partition"][0][0] == 0 and data["partition"][-1][1] == 6  # 2 blocks: 6 layers
+    assert list((tmp_path / "profiles").glob("*.json"))  # the profile was cached
+
+
+@pytest.mark.slow
+def test_cli_plan_unfittable(tmp_path):
+    proc = pipewave("plan", str(job_file(tmp_path)), "--auto", "--memory-fraction", "1e-9",
+                    home=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "cannot place the job" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
