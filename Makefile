@@ -30,7 +30,8 @@ train: $(STAMP)
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(MAKE) typecheck
-	$(BIN)/python -m pytest
+	@start=$$(date +%s); $(BIN)/python -m pytest; rc=$$?; \
+		echo "test suite wall time: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # mypy names modules by their folders; the code's folders install as pipewave.*, so mypy reads
 # them through a tree of links with the installed names (build/typecheck/pipewave/...).
