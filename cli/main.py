@@ -1,6 +1,9 @@
-"""The ``pipewave`` command line: train a job, inspect a schedule.
+"""The ``pipewave`` command line: the cluster-side commands (train, schedule, plan, drain, serve),
+plus the REST client's commands (submit, jobs, status, cancel, logs) from ``client_commands``.
 
-Bad input ends with one readable line on stderr and exit code 2, never a traceback.
+The cluster-side commands import the service (torch, Ray) only when they run, so the light
+client install can load this module. Bad input ends with one readable line on stderr and exit
+code 2, never a traceback; ``train`` exits 1 when the job fails and 130 when it is cancelled.
 """
 
 from __future__ import annotations

@@ -63,7 +63,9 @@ class JobSummary:
     # per step, mean over the current partition's steps after its first (warmup)
     measured_stage_busy_s: list[float] = field(default_factory=list)
     measured_stage_cpu_s: list[float] = field(default_factory=list)  # the same in CPU seconds
-    partition: list[list[int]] = field(default_factory=list)  # [start, end) layers per stage
+    # [start, end) layers per chunk (virtual stage), in model order: one per stage for the
+    # single-chunk schedules, stages x chunks per stage for interleaved-1f1b and hanayo
+    partition: list[list[int]] = field(default_factory=list)
     rebalances: int = 0  # partitions moved to after calibration
 
     def to_dict(self) -> dict[str, Any]:
