@@ -39,7 +39,6 @@ typecheck: $(STAMP)
 	rm -rf build/typecheck && mkdir -p build/typecheck/pipewave
 	for d in cli api service workers; do ln -s ../../../$$d build/typecheck/pipewave/$$d; done
 	MYPYPATH=build/typecheck $(BIN)/python -m mypy -p pipewave
-	$(BIN)/python -m mypy deploy/render.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py --output benchmarks/results.md

