@@ -1,6 +1,7 @@
 """The ``pipewave`` command line: the top layer (cli -> api -> service -> workers).
 
-``main`` holds the commands that run on the cluster side (train, schedule, plan, drain, serve;
-they import the service lazily, so the client install works without torch and Ray);
-``client`` and ``client_commands`` are the REST client and its commands.
+``main`` puts the commands on one Typer app (``app``): ``server_commands`` run on the cluster
+side and import the service only when they run; ``client_commands`` and ``client`` are the REST
+client and its commands, which import nothing of the service, the API or the workers, so the
+client install (no torch, no Ray) has them.
 """

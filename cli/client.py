@@ -15,7 +15,6 @@ from types import TracebackType
 from typing import Any
 
 import httpx
-from pipewave.service.cluster.runtime import pipewave_home
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +25,18 @@ _ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
 
 
 class ClientError(Exception):
-    """A request that failed; the message is one readable line, ``status`` the HTTP status if any."""
+    """A request that failed; the message is one readable line, ``status`` the HTTP status if any,
+    ``detail`` the server's own one-line reason for an error response (else None)."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, detail: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.detail = status, detail
+
+
+def pipewave_home() -> Path:
+    """pipewave's state directory, as the service reads it: ``$PIPEWAVE_HOME``, else ``~/.pipewave``
+    (the service keeps its API token in ``api-token`` there)."""
+    return Path(os.environ.get("PIPEWAVE_HOME") or Path.home() / ".pipewave").expanduser()
 
 
 def resolve_connection(url: str | None, token: str | None) -> tuple[str, str | None]:
@@ -214,13 +220,14 @@ class ApiClient:
         code = resp.status_code
         if code < 400:
             return
+        detail = _detail(resp)
         if code == 401:
             msg = "unauthorized: the API token was rejected (set PIPEWAVE_API_TOKEN or --token)"
         elif code == 404 and job_id is not None:
             msg = f"no such job: {job_id}"
         else:
-            msg = f"{code}: {_detail(resp)}"
-        raise ClientError(msg, status=code)
+            msg = f"{code}: {detail}"
+        raise ClientError(msg, status=code, detail=detail)
 
     def _transport_message(self, err: Exception) -> str:
         where = f"the pipewave server at {self.url}"

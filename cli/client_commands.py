@@ -1,8 +1,10 @@
 """The ``pipewave`` commands that talk to a pipewave server: submit, jobs, status, cancel, logs.
 
-``register(app)`` adds them to the command line. Every failure ends with one line on stderr and
-exit code 1 (a bad job file: 2); following a job ends with 0 (succeeded), 1 (failed) or 130
-(cancelled, or Ctrl-C, which leaves the job running).
+``register(app)`` adds them to the command line. They import nothing of pipewave's service, API
+or workers (the client install has no torch and no Ray): ``submit`` reads the job file here and
+the server validates it. Every failure ends with one line on stderr and exit code 1 (a job file
+that cannot be read, or one the server rejects as invalid: 2); following a job ends with 0
+(succeeded), 1 (failed) or 130 (cancelled, or Ctrl-C, which leaves the job running).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 import yaml
-from pipewave.cli.client import ApiClient, ClientError, resolve_connection
+from pipewave.cli.app import err_console, error_text, fail, interrupted
+from pipewave.cli.client import ApiClient, ClientError, one_line, resolve_connection
 from rich.markup import escape
 
 logger = logging.getLogger(__name__)
@@ -65,7 +68,7 @@ def submit(
     With --follow, show its progress until it ends: exit 0 succeeded, 1 failed, 130 cancelled."""
     body = _load_job(job)
     with _connect(url, token) as client:
-        created = client.submit(body, idempotency_key)
+        created = _submit(client, body, idempotency_key)
         if not follow:
             if as_json:
                 _print_json(created)
@@ -133,7 +136,7 @@ def logs(
         try:
             _print_logs(client, job_id, follow, as_json)
         except KeyboardInterrupt:
-            _interrupted()
+            interrupted()
 
 
 # ----------------------------------------------------------------------------- plumbing
@@ -146,43 +149,46 @@ def _connect(url: str | None, token: str | None) -> Iterator[ApiClient]:
         with ApiClient(*resolve_connection(url, token)) as client:
             yield client
     except ClientError as err:
-        _fail(str(err), 1)
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    """End the command: "error: <message>" (one line, taken literally) on stderr and exit ``code``."""
-    from pipewave.cli.main import err_console
-
-    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _interrupted() -> NoReturn:
-    from pipewave.cli.main import err_console
-
-    err_console.print("interrupted")
-    raise typer.Exit(130)
+        fail(str(err), 1)
 
 
 def _load_job(path: Path) -> dict[str, Any]:
-    """The job file as the JSON body of a submit, validated here first (a bad file: exit 2)."""
-    from pipewave.service.spec import SpecError, load_spec
-
+    """The job file's fields (JSON for a .json file, else YAML) as the JSON body of a submit; a
+    file that cannot be read as a mapping ends the command (exit 2). The server validates them."""
+    if not path.is_file():
+        fail(f"job file not found: {path}")
     try:
-        spec = load_spec(path)
-    except SpecError as err:
-        _fail(str(err), 2)
-    body = spec.model_dump(mode="json")
-    if body["data"]["kind"] == "text":  # load_spec made the path absolute here; the server has its own
-        body["data"]["path"] = yaml.safe_load(path.read_text())["data"]["path"]
-    return body
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:
+        fail(f"cannot read job file {path}: {error_text(err).strip()}")
+    if not isinstance(data, dict):
+        fail(f"job file {path} must hold a mapping of fields, not {type(data).__name__}")
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as err:  # YAML's dates, non-string keys, .nan, ...
+        fail(f"cannot send job file {path} as JSON: {error_text(err)}")
+    return data
+
+
+def _submit(client: ApiClient, body: dict[str, Any], idempotency_key: str | None) -> dict[str, Any]:
+    """POST the job; the server's validation error (422) ends the command as a bad job file (exit 2)."""
+    try:
+        return client.submit(body, idempotency_key)
+    except ClientError as err:
+        if err.status != 422:
+            raise
+        reason = one_line(err.detail or str(err))
+        for prefix in ("invalid request: ", "invalid job spec: "):
+            reason = reason.removeprefix(prefix)
+        fail(f"invalid job spec: {reason}")
 
 
 def _states(given: list[str]) -> list[str]:
     states = [s.upper() for s in given]
     for s in states:
         if s not in STATES:
-            _fail(f"unknown state {s!r}: one of {', '.join(STATES)}", 2)
+            fail(f"unknown state {s!r}: one of {', '.join(STATES)}")
     return states
 
 
@@ -192,8 +198,6 @@ def _print_json(obj: Any) -> None:
 
 def _finish(job: dict[str, Any], quiet: bool) -> None:
     """Report how a followed job ended and exit with its code."""
-    from pipewave.cli.main import err_console
-
     state = job["state"]
     if state == "SUCCEEDED":
         if not quiet:
@@ -201,7 +205,7 @@ def _finish(job: dict[str, Any], quiet: bool) -> None:
             print(f"{job['id']} SUCCEEDED: step {job.get('step')}/{job.get('steps')}, loss {loss}")
         return
     if state == "FAILED":
-        _fail(f"job {job['id']} failed: {job.get('reason') or 'no reason given'}", 1)
+        fail(f"job {job['id']} failed: {job.get('reason') or 'no reason given'}", 1)
     err_console.print(escape(f"job {job['id']} was cancelled"), highlight=False)
     raise typer.Exit(130)
 
@@ -211,7 +215,7 @@ def _follow(client: ApiClient, job: dict[str, Any], quiet: bool) -> dict[str, An
     try:
         return _Follower(client, job, quiet).run()
     except KeyboardInterrupt:
-        _interrupted()
+        interrupted()
 
 
 class _Follower:
@@ -219,7 +223,6 @@ class _Follower:
     (the server replays; events seen already are skipped), then polling the job when it keeps dropping."""
 
     def __init__(self, client: ApiClient, job: dict[str, Any], quiet: bool) -> None:
-        from pipewave.cli.main import err_console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.client, self.job_id, self.quiet = client, job["id"], quiet

@@ -304,13 +304,13 @@ def test_command_with_rejected_token(cli: typer.Typer, url: str) -> None:
     assert (r.exit_code, r.stderr.strip()) == (1, f"error: {UNAUTHORIZED}")
 
 
-def test_submit_bad_job_file(cli: typer.Typer, closed_url: str, tmp_path: Path) -> None:
+def test_submit_bad_job_file(cli: typer.Typer, closed_url: str, url: str, tmp_path: Path) -> None:
     r = _invoke(cli, "submit", str(tmp_path / "none.yaml"), "--url", closed_url)
     assert r.exit_code == 2
     assert r.stderr.strip() == f"error: job file not found: {tmp_path / 'none.yaml'}"
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: {kind: gpt}\nsteps: 0\ncolour: blue\n")
-    r = _invoke(cli, "submit", str(bad), "--url", closed_url)
+    r = _invoke(cli, "submit", str(bad), "--url", url, "--token", TOKEN)  # the server validates (422)
     assert r.exit_code == 2
     assert r.stderr.startswith("error: invalid job spec: ") and len(r.stderr.strip().splitlines()) == 1
 
