@@ -3,30 +3,47 @@
 ``uniform`` cuts equal layer counts. ``plan`` finds the exact bottleneck-optimal contiguous split
 of measured layers over heterogeneous slots (speed, memory budget) under a pipeline schedule.
 
-Stage time per microbatch = compute / speed + what the stage sends (each stage is charged for its
-own sends: its output forward and the gradient of its input backward, latency + bytes / bandwidth
-each, not overlapped). ``plan`` is a dynamic program over (slots used per slot type, layers
-covered): slots of equal speed and budget are interchangeable, so with V = prod(count_t + 1) type
-vectors, T types and L layers it costs O(V * T * L^2) (V <= 2^8 for 8 slots), run three times:
-least bottleneck, least total time at that bottleneck (tie-break), bottleneck without budgets
-(for ``reason``).
+Stage time per microbatch = compute / speed + what the stage sends, stage memory under the
+schedule: the cost model of ``cost`` (shared with ``chunk_partition``). ``plan`` is a dynamic
+program over (slots used per slot type, layers covered): slots of equal speed and budget are
+interchangeable, so with V = prod(count_t + 1) type vectors, T types and L layers it costs
+O(V * T * L^2) (V <= 2^8 for 8 slots), run three times: least bottleneck, least total time at
+that bottleneck (tie-break), bottleneck without budgets (for ``reason``).
 """
 
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from math import inf
 
-from pipewave.service.schedules import Placement, make_schedule, simulate
+from pipewave.service.planning.cost import (
+    OPTIMIZER_STATE,
+    CostModel,
+    LayerCost,
+    Link,
+    Peak,
+    fmt_bytes,
+    stage_peaks,
+)
+from pipewave.service.schedules import Placement
+
+__all__ = [
+    "OPTIMIZER_STATE",
+    "InfeasibleError",
+    "LayerCost",
+    "Link",
+    "Partition",
+    "Plan",
+    "Slot",
+    "StagePlan",
+    "plan",
+    "uniform",
+    "worker_layout",
+]
 
 Partition = tuple[tuple[int, int], ...]  # per stage [start, end) layer indices
-
-# optimizer state per parameter, in multiples of the parameter bytes
-OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd_momentum": 1, "momentum": 1, "sgd": 0}
 
 
 def uniform(num_layers: int, num_stages: int) -> Partition:
@@ -43,23 +60,6 @@ def uniform(num_layers: int, num_stages: int) -> Partition:
 
 
 @dataclass(frozen=True)
-class LayerCost:
-    """One layer, measured at the job's microbatch shape on a reference node.
-
-    ``forward_fixed_s`` / ``backward_fixed_s``: the part of the times that does not shrink with
-    a smaller microbatch (kernel launches, Python and autograd overhead); the rest scales with
-    the microbatch size (see ``planner``)."""
-
-    forward_s: float
-    backward_s: float
-    param_bytes: int
-    activation_bytes: int  # kept for the backward, per in-flight microbatch
-    output_bytes: int  # its output: what goes to the next stage if cut after it
-    forward_fixed_s: float = 0.0
-    backward_fixed_s: float = 0.0
-
-
-@dataclass(frozen=True)
 class Slot:
     """A stage slot on a node: time = reference time / speed; memory budget None = unlimited."""
 
@@ -69,15 +69,9 @@ class Slot:
 
 
 @dataclass(frozen=True)
-class Link:
-    bandwidth_bytes_s: float = 1e9
-    latency_s: float = 2e-4
-
-
-@dataclass(frozen=True)
 class StagePlan:
     """``limited_by``: "memory" if the stage cannot take a neighbouring layer within its budget,
-    else "send" or "compute", whichever dominates its time."""
+    else "send" or "compute", whichever dominates its time (``CostModel.limited_by``)."""
 
     stage: int
     layers: tuple[int, int]
@@ -117,11 +111,6 @@ class Plan:
             return [sp.node_id for sp in self.stages]
         return [self.stages[chunks[0]].node_id for chunks in self.placement.workers]
 
-    @property
-    def layout(self) -> tuple[Partition, ...]:
-        """Per stage worker, the layer ranges of its chunks (in chunk order)."""
-        return worker_layout(self.partition, self.placement)
-
 
 def worker_layout(partition: Partition, placement: Placement | None) -> tuple[Partition, ...]:
     """Per stage worker, the layer ranges of its chunks: ``partition`` has one range per virtual
@@ -137,85 +126,12 @@ class InfeasibleError(ValueError):
     """No partition fits; the message says why."""
 
 
-@lru_cache(maxsize=256)
-def schedule_peaks(schedule: str, num_stages: int, microbatches: int) -> tuple[tuple[int, ...], ...]:
-    """(in-flight microbatches, weight versions) per stage at the schedule's steady-state peak."""
-    if microbatches < 1:
-        raise ValueError(f"microbatches must be >= 1, got {microbatches}")
-    steps = 2 + -(-(2 * num_stages + 2) // microbatches)  # enough for asynchronous warmup
-    result = simulate(make_schedule(schedule, num_stages, microbatches, steps))
-    return result.peak_activations, result.peak_versions
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
-
-
-class _Model:
-    """Prefix sums for O(1) stage compute, send and memory over [a, b) for S stages."""
-
-    def __init__(self, layers: Sequence[LayerCost], stages: int, schedule: str, mbs: int, optimizer: str,
-                 link: Link = Link()) -> None:  # fmt: skip
-        if optimizer not in OPTIMIZER_STATE:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZER_STATE)}")
-        if any(min(vars(layer).values()) < 0 for layer in layers):
-            raise ValueError("layer costs must be >= 0")
-        acts, versions = schedule_peaks(schedule, stages, mbs)
-        self.n, self.link, self.work = len(layers), link, [0.0]
-        for layer in layers:
-            self.work.append(self.work[-1] + layer.forward_s + layer.backward_s)
-        # memory(a, b, s) = cum[s][b] - cum[s][a]: params x (versions + state + gradient) + activations
-        self.cum = [[0] for _ in range(stages)]
-        for s, row in enumerate(self.cum):
-            per_param = versions[s] + OPTIMIZER_STATE[optimizer] + 1
-            for layer in layers:
-                row.append(row[-1] + layer.param_bytes * per_param + layer.activation_bytes * acts[s])
-        self.out = [layer.output_bytes for layer in layers]
-        self._fits: dict[tuple[int, int], list[int]] = {}
-
-    def memory(self, a: int, b: int, s: int) -> int:
-        return self.cum[s][b] - self.cum[s][a]
-
-    def fits(self, s: int, budget: int | None) -> list[int]:
-        """Per start a, the largest end b such that [a, b) fits the budget as stage s."""
-        if budget is None:
-            return [self.n] * (self.n + 1)
-        if (s, budget) not in self._fits:
-            cum = self.cum[s]
-            self._fits[s, budget] = [
-                max(a, bisect_right(cum, cum[a] + budget) - 1) for a in range(self.n + 1)
-            ]
-        return self._fits[s, budget]
-
-    def send(self, a: int, b: int) -> float:
-        """What the stage sends: its output forward and the gradient of its input backward."""
-        link = self.link
-        fwd = link.latency_s + self.out[b - 1] / link.bandwidth_bytes_s if b < self.n else 0.0
-        bwd = link.latency_s + self.out[a - 1] / link.bandwidth_bytes_s if a > 0 else 0.0
-        return fwd + bwd
-
-
-def memory_per_stage(
-    layers: Sequence[LayerCost],
-    bounds: Sequence[tuple[int, int]],
-    schedule: str,
-    microbatches: int,
-    optimizer: str,
-) -> list[int]:
-    """Bytes each stage holds: params x (versions + optimizer state + gradient) + activations x
-    peak in-flight microbatches, both peaks simulated under the schedule."""
-    model = _Model(layers, len(bounds), schedule, microbatches, optimizer)
-    return [model.memory(a, b, s) for s, (a, b) in enumerate(bounds)]
-
-
 _Type = tuple[float, int | None, list[str]]  # speed, budget, node ids of interchangeable slots
 
 
 def _search(
-    model: _Model, types: list[_Type], num_stages: int, cap: float, minmax: bool, use_memory: bool
+    model: CostModel, peaks: Sequence[Peak], types: list[_Type], num_stages: int, cap: float,
+    minmax: bool, use_memory: bool,
 ) -> tuple[float, list[tuple[int, int, int]]]:
     """DP over (slots used per type, layers covered). ``minmax``: minimise the bottleneck, else the
     total time with every stage <= cap. Returns (value, [(start, end, type)]) or (inf, [])."""
@@ -237,7 +153,7 @@ def _search(
                 continue
             nvec = (*vec[:k], vec[k] + 1, *vec[k + 1 :])
             nrow, npar = best[nvec], parent[nvec]
-            fits = model.fits(s, budget if use_memory else None)
+            fits = model.fits(peaks[s], budget if use_memory else None)
             for a in range(s, last):
                 g = row[a]
                 if g == inf or (minmax and g > cap):
@@ -287,7 +203,8 @@ def plan(
         raise InfeasibleError(f"cannot cut {n} layers into {count} stages: each stage needs a layer")
     if any(slot.speed <= 0 for slot in slots) or link.bandwidth_bytes_s <= 0:
         raise ValueError("slot speeds and link bandwidth must be > 0")
-    model = _Model(layers, count, schedule, microbatches, optimizer, link)
+    model = CostModel(layers, optimizer, link)
+    peaks = stage_peaks(schedule, count, microbatches)
     groups: dict[tuple[float, int | None], list[str]] = {}
     for slot in slots:
         groups.setdefault((slot.speed, slot.memory_bytes), []).append(slot.node_id)
@@ -296,33 +213,33 @@ def plan(
     budgets = [t[1] for t in types]
     largest = inf if None in budgets else max(b for b in budgets if b is not None)
     for i in range(n):  # a layer too big for every budget, wherever it sits
-        need = min(model.memory(i, i + 1, s) for s in range(max(0, i - n + count), min(i, count - 1) + 1))
+        need = min(model.memory(i, i + 1, peaks[s])
+                   for s in range(max(0, i - n + count), min(i, count - 1) + 1))
         if need > largest:
             raise InfeasibleError(
-                f"layer {i} needs {_fmt_bytes(need)} under {schedule} with "
-                f"{optimizer}, the largest budget is {_fmt_bytes(largest)}"
+                f"layer {i} needs {fmt_bytes(need)} under {schedule} with "
+                f"{optimizer}, the largest budget is {fmt_bytes(largest)}"
             )
-    bottleneck, _ = _search(model, types, count, inf, minmax=True, use_memory=True)
+    bottleneck, _ = _search(model, peaks, types, count, inf, minmax=True, use_memory=True)
     if bottleneck == inf:
         raise InfeasibleError(
             f"no split of {n} layers into {count} stages fits the memory budgets under {schedule} with "
-            f"{optimizer} (budgets: {', '.join(_fmt_bytes(b) for b in budgets if b is not None)})"
+            f"{optimizer} (budgets: {', '.join(fmt_bytes(b) for b in budgets if b is not None)})"
         )
-    _, chosen = _search(model, types, count, bottleneck, minmax=False, use_memory=True)
+    _, chosen = _search(model, peaks, types, count, bottleneck, minmax=False, use_memory=True)
     unlimited = all(b is None for b in budgets)
-    free = bottleneck if unlimited else _search(model, types, count, bottleneck, True, False)[0]
+    free = bottleneck if unlimited else _search(model, peaks, types, count, bottleneck, True, False)[0]
     nodes = [iter(t[2]) for t in types]  # equal slots take stages in the callers' order
-    stages = [_stage(model, s, a, b, types[k], next(nodes[k])) for s, (a, b, k) in enumerate(chosen)]
+    stages = [_stage(model, peaks[s], s, a, b, types[k], next(nodes[k]))
+              for s, (a, b, k) in enumerate(chosen)]
     return Plan(tuple(stages), bottleneck, _reason(stages, bottleneck, free, budgets))
 
 
-def _stage(model: _Model, s: int, a: int, b: int, kind: _Type, node_id: str) -> StagePlan:
+def _stage(model: CostModel, peak: Peak, s: int, a: int, b: int, kind: _Type, node_id: str) -> StagePlan:
     speed, budget, _ = kind
-    compute, send = (model.work[b] - model.work[a]) / speed, model.send(a, b)
-    grown = [(a - 1, b)] * (a > 0) + [(a, b + 1)] * (b < model.n)  # one more neighbouring layer
-    tight = budget is not None and bool(grown) and all(model.memory(x, y, s) > budget for x, y in grown)
-    limited_by = "memory" if tight else "send" if send > compute else "compute"
-    return StagePlan(s, (a, b), node_id, compute, send, model.memory(a, b, s), limited_by)
+    compute, send = model.compute(a, b, speed), model.send(a, b)
+    limited_by = model.limited_by(a, b, peak, budget, compute, send)
+    return StagePlan(s, (a, b), node_id, compute, send, round(model.memory(a, b, peak)), limited_by)
 
 
 def _reason(stages: list[StagePlan], bottleneck: float, free: float, budgets: list[int | None]) -> str:

@@ -1,28 +1,33 @@
-"""Automatic planning: how many stages, how many microbatches, which layers where.
+"""Automatic planning: which schedule, how many stages, how many microbatches, which layers where.
 
-``plan_job`` tries each candidate (stages S, microbatches M), places the layers with the exact
-partitioner (``partition.plan``: bottleneck-optimal contiguous split under the slots' memory
-budgets), then simulates the job's schedule with the resulting per-stage costs and keeps the
-candidate with the highest predicted throughput (ties, within ``TIE_TOLERANCE``: fewer stages,
-then fewer microbatches).
+``plan_job`` tries each candidate (stages S, schedule variant of ``schedule_variants``,
+microbatches M), places the layers with the exact partitioner (``partition.plan``:
+bottleneck-optimal contiguous split under the slots' memory budgets; ``chunk_partition`` for a
+schedule with several chunks per stage), then simulates the schedule with the resulting
+per-stage costs and keeps the candidate with the highest predicted throughput (ties, within
+``TIE_TOLERANCE``: fewer stages, then the simpler schedule, then fewer microbatches).
 
-Cost model, per stage and microbatch (slot speed divides every compute time):
+Cost model, per stage (per chunk under a chunked schedule) and microbatch (slot speed divides
+every compute time):
 
 - forward / backward: the sum of the stage's measured layer times. Layers are measured at the
   spec's microbatch size and a smaller one; another M keeps each time's fixed part (what does
   not shrink with the microbatch: launches, Python and autograd overhead) and scales the rest,
   and the activation and output bytes, linearly with the microbatch size.
-- update (one optimizer step of the stage): ``UPDATE_S_PER_PARAM_BYTE[optimizer] x param bytes``,
-  measured for ``pipewave.workers.optim.OutOfPlaceOptimizer`` (clone + fused kernel) on one CPU thread:
-  Adam about 3.0 ms for 0.8 M params (3.2 MB) and 11.3 ms for 3.2 M params (0.22-0.24 ns per
-  param byte); SGD with momentum 0.14-0.24; plain SGD 0.10-0.14 ns per param byte.
-- comm: one transfer between stages, latency + bytes / bandwidth of the largest activation sent
-  across any cut (the simulator takes one value for all transfers).
+- update (one optimizer step of the stage worker, all its chunks):
+  ``UPDATE_S_PER_PARAM_BYTE[optimizer] x param bytes``, measured for
+  ``pipewave.workers.optim.OutOfPlaceOptimizer`` (clone + fused kernel) on one CPU thread: Adam
+  about 3.0 ms for 0.8 M params (3.2 MB) and 11.3 ms for 3.2 M params (0.22-0.24 ns per param
+  byte); SGD with momentum 0.14-0.24; plain SGD 0.10-0.14 ns per param byte.
+- comm: one transfer between stage workers, latency + bytes / bandwidth of the largest activation
+  sent across any cut between two workers (consecutive chunks on one worker hand over in memory;
+  the simulator takes one value for all transfers).
 
-Time per step: synchronous schedules (gpipe, 1f1b) flush every step, so it is the simulated
-makespan of one step. Asynchronous ones (pipedream, 2bw) never flush: the schedule is simulated
-for K and K + 2 steps, K large enough for every stage to be past its warmup, and the time per
-step is the difference of the makespans over 2 (busy time per stage likewise).
+Time per step: the synchronous schedules (gpipe, 1f1b, interleaved-1f1b, hanayo) flush every
+step, so it is the simulated makespan of one step. The asynchronous ones (pipedream, 2bw) never
+flush: the schedule is simulated for K and K + 2 steps, K large enough for every stage to be
+past its warmup, and the time per step is the difference of the makespans over 2 (busy time per
+stage likewise).
 """
 
 from __future__ import annotations
@@ -104,16 +109,6 @@ class JobPlan:
             "placement_reason": self.plan.reason,
             "reason": self.reason,
         }
-
-
-def cluster_slots(cpus_per_stage: float = 1.0, memory_fraction: float = 0.8,
-                  speeds: dict[str, float] | None = None) -> list[Slot]:
-    """The live cluster's slots (``nodes.slots_of``); ``speeds`` by node kind (default 1.0)."""
-    if cpus_per_stage <= 0 or not 0 < memory_fraction <= 1:
-        raise ValueError("cpus_per_stage must be > 0 and memory_fraction in (0, 1]")
-    from pipewave.service.cluster.nodes import cluster_nodes, slots_of
-
-    return slots_of(cluster_nodes(), speeds, cpus_per_stage, memory_fraction)
 
 
 def optimizer_name(spec: JobSpec) -> str:

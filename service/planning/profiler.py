@@ -295,8 +295,3 @@ def profile_cluster(spec: Any, cache: ProfileCache, nodes: Sequence[NodeInfo] | 
     if len(speeds) > 1:
         logger.info("node kind speeds (reference %s): %s", ref, speeds)
     return ClusterProfile(profiles[ref], speeds, profiles)
-
-
-def profile_on_cluster(spec: Any, cache: ProfileCache) -> Profile:
-    """The reference kind's profile (see ``profile_cluster``)."""
-    return profile_cluster(spec, cache).reference

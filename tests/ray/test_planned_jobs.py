@@ -11,7 +11,7 @@ import torch
 from pipewave.service.control.checkpoint import load_model_state
 from pipewave.service.control.controller import ControllerOptions, JobController
 from pipewave.service.planning.partition import uniform
-from pipewave.service.planning.profiler import Profile, ProfileCache, profile_key, profile_on_cluster
+from pipewave.service.planning.profiler import Profile, ProfileCache, profile_cluster, profile_key
 
 pytestmark = pytest.mark.ray
 
@@ -70,7 +70,7 @@ def test_a_wrong_profile_is_corrected_by_measurement(ray_cluster, make_spec, tmp
     weights are those of the same job on a fixed split (a synchronous schedule)."""
     spec = make_spec(model=HEAVY_HEAD, stages=3, partition="auto", steps=8)
     cache = ProfileCache(tmp_path / "profiles")
-    true = profile_on_cluster(spec, cache)
+    true = profile_cluster(spec, cache).reference
     block = true.layers[1]
     wrong = (*true.layers[:-1], replace(true.layers[-1], forward_s=block.forward_s,
                                          backward_s=block.backward_s))

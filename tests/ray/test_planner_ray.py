@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pipewave.service.cluster.nodes import cluster_nodes, slots_of
 from pipewave.service.planning.partition import LayerCost, Slot
-from pipewave.service.planning.planner import (
-    cluster_slots,
-    plan_job,
-    render_plan,
-)
+from pipewave.service.planning.planner import plan_job, render_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 GPT = {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_layers": 8, "n_heads": 2, "seq_len": 16}
@@ -42,22 +39,22 @@ def stage_times(layers: list[LayerCost], bounds) -> list[float]:
 def test_cluster_slots_on_the_test_cluster(ray_cluster):
     from harness import RAY_CPUS
 
-    found = cluster_slots()
+    found = slots_of(cluster_nodes())
     assert len(found) == RAY_CPUS
     assert all(s.speed == 1.0 and s.memory_bytes is not None and s.memory_bytes > 0 for s in found)
-    assert len(cluster_slots(cpus_per_stage=2)) == RAY_CPUS // 2
-    assert cluster_slots(memory_fraction=0.4)[0].memory_bytes == pytest.approx(
+    assert len(slots_of(cluster_nodes(), cpus_per_stage=2)) == RAY_CPUS // 2
+    assert slots_of(cluster_nodes(), memory_fraction=0.4)[0].memory_bytes == pytest.approx(
         found[0].memory_bytes / 2, rel=1e-6)  # type: ignore[operator]
 
 
 @pytest.mark.ray
 def test_plan_a_profiled_tiny_gpt(ray_cluster, make_spec, tmp_path):
-    from pipewave.service.planning.profiler import ProfileCache, profile_on_cluster
+    from pipewave.service.planning.profiler import ProfileCache, profile_cluster
     from pipewave.workers.models import layer_names
 
     spec = make_spec(schedule="pipedream")
-    profile = profile_on_cluster(spec, ProfileCache(tmp_path))
-    jp = plan_job(spec, profile.layers, cluster_slots())
+    profile = profile_cluster(spec, ProfileCache(tmp_path)).reference
+    jp = plan_job(spec, profile.layers, slots_of(cluster_nodes()))
     assert 1 <= jp.stages <= 4 and spec.batch_size % jp.microbatches == 0
     assert jp.plan.partition[-1][1] == len(profile.layers)
     assert jp.predicted_samples_per_s > 0

@@ -9,8 +9,8 @@ from pipewave.service.planning.partition import LayerCost
 from pipewave.service.planning.profiler import (
     Profile,
     ProfileCache,
+    profile_cluster,
     profile_key,
-    profile_on_cluster,
 )
 from pipewave.service.spec import GPTSpec
 from pipewave.workers.models import num_layers
@@ -33,21 +33,21 @@ def _profile(key: str = "k") -> Profile:
 
 
 @pytest.mark.ray
-def test_profile_on_cluster_caches(ray_cluster, make_spec, tmp_path) -> None:
+def test_profile_cluster_caches(ray_cluster, make_spec, tmp_path) -> None:
     cache = ProfileCache(tmp_path)
     spec = make_spec()
-    first = profile_on_cluster(spec, cache)
+    first = profile_cluster(spec, cache).reference
     assert len(first.layers) == num_layers(spec.model)
     assert first.device_kind.startswith("cpu:")  # the node kind: its processor model
     assert first.key == profile_key(spec.model, spec.microbatch_size, first.device_kind)
     assert (cache.hits, cache.misses) == (0, 1)
     assert all(c.forward_s > 0 and c.activation_bytes > 0 for c in first.layers)
 
-    again = profile_on_cluster(make_spec(), cache)  # same job shape: served from the cache
+    again = profile_cluster(make_spec(), cache).reference  # same job shape: served from the cache
     assert again == first and (cache.hits, cache.misses) == (1, 1)
 
     bigger = make_spec(microbatches=2)  # microbatch 4 instead of 2: another key, a miss
-    other = profile_on_cluster(bigger, cache)
+    other = profile_cluster(bigger, cache).reference
     assert (cache.hits, cache.misses) == (1, 2)
     assert other.key != first.key and other.measured_at > first.measured_at
     assert other.layers[1].output_bytes == 2 * first.layers[1].output_bytes

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from pipewave.service.planning.chunk_partition import plan_chunked
-from pipewave.service.planning.partition import InfeasibleError, LayerCost, Link, Slot
+from pipewave.service.planning.partition import InfeasibleError, LayerCost, Link, Slot, worker_layout
 from pipewave.service.planning.planner import (
     AUTO_SCHEDULES,
     UPDATE_S_PER_PARAM_BYTE,
@@ -44,7 +44,7 @@ def test_equal_layers_cut_into_equal_chunks() -> None:
     pl = plan_chunked(layers, slots(2), "hanayo", 4, waves(2, 1), link=FAST, waves=1)
     assert pl.partition == ((0, 2), (2, 4), (4, 6), (6, 8))
     # the wave: worker 0 holds chunks 0 and 3, worker 1 chunks 1 and 2
-    assert pl.layout == (((0, 2), (6, 8)), ((2, 4), (4, 6)))
+    assert worker_layout(pl.partition, pl.placement) == (((0, 2), (6, 8)), ((2, 4), (4, 6)))
     assert pl.worker_nodes == ["node0", "node1"]
     assert [pl.worker_of(i) for i in range(4)] == [0, 1, 1, 0]
 

@@ -7,13 +7,13 @@ import math
 import random
 
 import pytest
+from pipewave.service.planning.cost import CostModel, stage_peaks
 from pipewave.service.planning.partition import (
     InfeasibleError,
     LayerCost,
     Link,
     Plan,
     Slot,
-    memory_per_stage,
     plan,
     uniform,
 )
@@ -33,6 +33,12 @@ def ref_memory(layers: list[LayerCost], bounds, schedule: str, m: int, optimizer
         act_bytes = sum(layer.activation_bytes for layer in layers[a:b])
         out.append(params * (versions + STATE[optimizer] + 1) + act_bytes * acts)
     return out
+
+
+def memory_per_stage(layers: list[LayerCost], bounds, schedule: str, m: int, optimizer: str) -> list[float]:
+    """Bytes each stage holds under the cost model, at the schedule's simulated peaks."""
+    model, peaks = CostModel(layers, optimizer), stage_peaks(schedule, len(bounds), m)
+    return [model.memory(a, b, peaks[s]) for s, (a, b) in enumerate(bounds)]
 
 
 def stage_time(layers: list[LayerCost], a: int, b: int, speed: float, link: Link) -> float:

@@ -12,7 +12,6 @@ import pytest
 import yaml
 from pipewave.service.planning.partition import InfeasibleError, LayerCost, Link, Slot, uniform
 from pipewave.service.planning.planner import (
-    JobPlan,
     calibrated,
     decide_rebalance,
     microbatch_candidates,
@@ -182,7 +181,25 @@ def test_to_dict_and_render(make_spec):
     assert data["predicted_samples_per_s"] > 0 and data["stage_plans"][0]["budget_bytes"] == 2**30
     text = render_plan(jp, spec, NAMES)
     assert "embed" in text and "head" in text and "samples/s" in text and "reason:" in text
-    assert isinstance(jp, JobPlan)
+    # every field is the plan's, through JSON
+    assert (data["schedule"], data["chunks"], data["waves"]) == ("2bw", None, None)
+    assert data["microbatches"] == jp.microbatches and data["reason"] == jp.reason
+    assert data["partition"] == [list(b) for b in jp.plan.partition]
+    assert data["placement_reason"] == jp.plan.reason and data["bottleneck_s"] == jp.plan.bottleneck_s
+    for i, (row, sp) in enumerate(zip(data["stage_plans"], jp.plan.stages, strict=True)):
+        assert row == {"stage": i, "layers": list(sp.layers), "node_id": sp.node_id,
+                       "compute_s": sp.compute_s, "send_s": sp.send_s, "memory_bytes": sp.memory_bytes,
+                       "limited_by": sp.limited_by, "worker": i, "busy_s": jp.predicted_stage_busy_s[i],
+                       "budget_bytes": 2**30}
+    # a header, a column row, a row per stage naming its layers and node, the figures, the reason
+    lines = text.splitlines()
+    assert lines[0] == f"plan for {spec.name}: 2bw, {jp.stages} stages, {jp.microbatches} microbatches " \
+                       f"of {32 // jp.microbatches}"
+    assert len(lines) == 2 + jp.stages + 2 and lines[-1] == f"reason: {jp.reason}"
+    for sp, line in zip(jp.plan.stages, lines[2:-2], strict=True):
+        a, b = sp.layers
+        names = NAMES[a] if b - a == 1 else f"{NAMES[a]}..{NAMES[b - 1]}"
+        assert line.split()[:3] == [str(sp.stage), names, sp.node_id] and line.endswith(sp.limited_by)
 
 
 # ----------------------------------------------------------------------------- CLI

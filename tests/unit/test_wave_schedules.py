@@ -30,10 +30,19 @@ from pipewave.service.schedules import (
 from pipewave.service.schedules import hanayo as hanayo_module
 from pipewave.service.schedules.report import describe, render_report
 from pipewave.service.schedules.schedule import place
+from pipewave.service.spec import JobSpec
 from pipewave.workers.placement import Placement, looped, single, waves
+from pydantic import ValidationError
 
 WAVES = range(1, 5)
 CHUNKS = range(2, 5)
+
+
+def spec_with(schedule: str) -> JobSpec:
+    return JobSpec.model_validate({"name": "t", "data": {"kind": "synthetic"}, "schedule": schedule,
+                                   "stages": 2, "microbatches": 4, "batch_size": 8,
+                                   "model": {"kind": "gpt", "vocab_size": 256, "d_model": 16,
+                                             "n_layers": 2, "n_heads": 2, "seq_len": 8}})
 
 
 def hanayo_makespan(P: int, M: int, W: int, f: float, b: float) -> float:
@@ -401,9 +410,23 @@ def test_place_reports_chunked_deadlock() -> None:
 
 
 def test_registry_names() -> None:
-    assert set(SCHEDULE_NAMES) == {"gpipe", "1f1b", "pipedream", "2bw"}  # the job spec's names
-    assert CHUNKED_SCHEDULE_NAMES == ("interleaved-1f1b", "hanayo")
-    assert ALL_SCHEDULE_NAMES == SCHEDULE_NAMES + CHUNKED_SCHEDULE_NAMES
+    """Each name builds its own schedule, one chunk per stage or several as its list says; the
+    job spec takes every name and no other; make_schedule refuses another, listing them all."""
+    for name in ALL_SCHEDULE_NAMES:
+        schedule = make_schedule(name, 2, 4)
+        chunks = {a.chunk for s in range(2) for a in schedule.stage_actions(s)}
+        assert schedule.name == name
+        if name in CHUNKED_SCHEDULE_NAMES:
+            assert schedule.placement is not None and schedule.chunks_per_stage == 2 == len(chunks)
+        else:
+            assert name in SCHEDULE_NAMES and schedule.placement is None and chunks == {0}
+        assert spec_with(name).schedule == name
+    with pytest.raises(ValidationError) as err:
+        spec_with("zero-bubble")
+    assert [e["loc"] for e in err.value.errors()] == [("schedule",)]
+    with pytest.raises(ValueError, match="unknown schedule 'zero-bubble'; choose one of "
+                       + ", ".join(ALL_SCHEDULE_NAMES) + "$"):
+        make_schedule("zero-bubble", 2, 4)
 
 
 def test_make_schedule_chunk_arguments() -> None:
