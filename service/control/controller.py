@@ -1,20 +1,34 @@
 """The job controller: one per job, an explicit state machine driven by ``step()``.
 
-CREATED -> STARTING -> RUNNING <-> CHECKPOINTING -> STOPPING -> SUCCEEDED
-                 ^          |
-                 +- REBALANCING       (any non-terminal state) -> FAILED | CANCELLED
+::
+
+    CREATED -> STARTING -> RUNNING
+    RUNNING -> CHECKPOINTING -> RUNNING              (a checkpoint boundary, steps remain)
+                             -> STOPPING -> SUCCEEDED (all steps done)
+    RUNNING -> REBALANCING -> RUNNING                (a live move: calibration, membership)
+    RUNNING -> RECOVERING -> RUNNING                 (elastic: stages died; restart at once)
+                          -> WAITING -> RUNNING      (too few usable nodes: wait for more)
+    any state but SUCCEEDED, FAILED, CANCELLED -> FAILED | CANCELLED
 
 The controller plans the partition, places one stage actor per stage, runs the schedule in runs
 that end at checkpoint boundaries (async schedules drain there, so a checkpoint is a consistent
 state), collects metrics, checkpoints and shuts down. Activations and gradients never pass
 through it: it starts each run and observes progress.
 
+``JobController`` (here) is the state machine itself: ``handlers`` maps every non-terminal
+state to its handler, ``step()`` runs the current state's handler once, and every transition is
+checked against ``control.states.TRANSITIONS`` (an illegal one raises). An error in a handler
+fails the job (FAILED, with one readable line); ``cancel()`` (from any thread) ends it CANCELLED
+with the cancel's reason, at once between handlers and within a run at its next poll; Ctrl-C
+(``KeyboardInterrupt``) ends it CANCELLED as "interrupted (Ctrl-C)".
+
 The parts of the controller are in their own modules, each a class the next builds on:
-``control.job`` (states, options, events; the controller's state), ``control.stages`` (the stage
-actors), ``control.moves`` (calibration and live moves: REBALANCING), ``control.recovery`` (elastic
-jobs' replicas, RECOVERING and WAITING). ``JobController`` (here) is the state machine itself:
-one ``_on_<state>`` handler per state; ``step()`` performs one transition. ``JobState``,
-``JobError``, ``Event`` and ``ControllerOptions`` are importable from here as before.
+``control.states`` (the states and the transition table), ``control.context`` (the state the
+controller keeps, as typed records), ``control.job`` (options, events, the shared steps),
+``control.stages`` (the stage actors), ``control.moves`` (calibration and live moves:
+REBALANCING), ``control.recovery`` (elastic jobs' replicas, RECOVERING and WAITING).
+``JobState``, ``JobError``, ``Event``, ``ControllerOptions`` and ``error_line`` are importable
+from here as before.
 """
 
 from __future__ import annotations
@@ -23,17 +37,20 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
 
 import ray
 from pipewave.service.cluster.nodes import cluster_nodes, slots_of
 from pipewave.service.cluster.runtime import pipewave_home
 from pipewave.service.control import checkpoint as ckpt
-from pipewave.service.control.job import ControllerOptions, Event, JobError, JobState, _mean_per_stage
+from pipewave.service.control.job import ControllerOptions, Event, JobError, _mean_per_stage
 from pipewave.service.control.metrics import JobSummary, run_figures, step_metrics
 from pipewave.service.control.moves import MovesMixin
 from pipewave.service.control.recovery import RecoveryMixin
+from pipewave.service.control.states import TRANSITIONS, IllegalTransitionError, JobState
 from pipewave.service.planning.partition import InfeasibleError, Slot, uniform
 from pipewave.service.planning.planner import plan_job
 from pipewave.service.planning.profiler import ProfileCache, profile_cluster
@@ -42,37 +59,59 @@ from pipewave.service.schedules.transfers import transfer_orders
 from pipewave.workers.models import num_layers
 from pipewave.workers.stage import Progress, Run, RunReport
 
-__all__ = ["ControllerOptions", "Event", "JobController", "JobError", "JobState", "error_line"]
+__all__ = ["TRANSITIONS", "ControllerOptions", "Event", "IllegalTransitionError", "JobController",
+           "JobError", "JobState", "error_line"]
 
 logger = logging.getLogger(__name__)
 
 
+class Cancelled(Exception):
+    """Raised inside a run when the job was cancelled (``JobController.cancel``) meanwhile."""
+
+
 class JobController(MovesMixin, RecoveryMixin):
-    """One job's controller: ``step()`` performs one transition, ``run()`` all of them."""
+    """One job's controller: ``step()`` runs the current state's handler, ``run()`` steps to
+    the end."""
 
     # -- driving ---------------------------------------------------------------------------
     def cancel(self, reason: str = "cancelled by user") -> None:
+        """End the job CANCELLED with ``reason`` (safe from another thread): at the next
+        ``step()``, or within a run at its next poll."""
         self._cancel = reason
 
+    @cached_property
+    def handlers(self) -> Mapping[JobState, Callable[[], None]]:
+        """The handler of every non-terminal state: it does that state's work and moves on
+        (or stays, to be called again)."""
+        return {JobState.CREATED: self._on_created, JobState.STARTING: self._on_starting,
+                JobState.RUNNING: self._on_running, JobState.CHECKPOINTING: self._on_checkpointing,
+                JobState.REBALANCING: self._on_rebalancing,
+                JobState.RECOVERING: self._on_recovering, JobState.WAITING: self._on_waiting,
+                JobState.STOPPING: self._on_stopping}
+
     def step(self) -> JobState:
-        """Perform one transition; errors move the job to FAILED (never raise)."""
+        """Run the current state's handler once; errors move the job to FAILED, a cancel to
+        CANCELLED (never raises)."""
         if self.state.is_terminal:
             return self.state
         try:
             if self._cancel is not None:
-                self._teardown()
-                self._transition(JobState.CANCELLED, self._cancel)
-            else:
-                handler = getattr(self, f"_on_{self.state.value.lower()}")
-                handler()
+                raise Cancelled
+            self.handlers[self.state]()
+        except Cancelled:
+            self._end(JobState.CANCELLED, self._cancel or "cancelled")
         except KeyboardInterrupt:
-            self._teardown()
-            self._transition(JobState.CANCELLED, "interrupted (Ctrl-C)")
+            self._end(JobState.CANCELLED, "interrupted (Ctrl-C)")
         except Exception as err:  # a failed job reports why, and its actors are stopped
             logger.exception("job %s failed in %s", self.spec.name, self.state.value)
-            self._teardown()
-            self._transition(JobState.FAILED, error_line(err))
+            self._end(JobState.FAILED, error_line(err))
         return self.state
+
+    def _end(self, state: JobState, reason: str) -> None:
+        """Stop the stages and end the job in ``state`` (unless a handler already ended it)."""
+        self._teardown()
+        if not self.state.is_terminal:
+            self._transition(state, reason)
 
     def run(self) -> JobSummary:
         while not self.state.is_terminal:
@@ -89,8 +128,8 @@ class JobController(MovesMixin, RecoveryMixin):
         if self.request.partition == "auto":
             self._plan(prior)
         else:
-            self.partition = uniform(num_layers(self.spec.model),
-                                     self.spec.num_stages * self.spec.chunks_per_stage)
+            self.planning.partition = uniform(num_layers(self.spec.model),
+                                              self.spec.num_stages * self.spec.chunks_per_stage)
         n, chunks = num_layers(self.spec.model), self.spec.num_stages * self.spec.chunks_per_stage
         cuts = [0, *(b for _, b in self.partition)]
         if [a for a, _ in self.partition] != cuts[:-1] or cuts[-1] != n or sorted(set(cuts)) != cuts \
@@ -137,7 +176,8 @@ class JobController(MovesMixin, RecoveryMixin):
                                 chunks=jp.chunks if auto or req.chunks == "auto" else req.chunks,
                                 waves=jp.waves if auto or req.waves == "auto" else req.waves)
         self._adopt(jp)
-        self._layers, self._slots, self._speeds = profile.layers, slots, profile.speeds
+        p = self.planning
+        p.layers, p.slots, p.speeds = profile.layers, slots, profile.speeds
         self._request_slots()
         self._emit("plan", f"planned {jp.stages} stages: {jp.reason}", plan=jp.to_dict())
 
@@ -150,7 +190,7 @@ class JobController(MovesMixin, RecoveryMixin):
         if self.step_done >= self.spec.steps:
             raise JobError(f"the checkpoint in {self.output} is at step {self.step_done}, "
                            f"the job asks for {self.spec.steps} steps: nothing to do")
-        self._t_running = self._t_running or time.time()
+        self.training.t_running = self.training.t_running or time.time()
         self._enter_running()
 
     def _on_running(self) -> None:
@@ -158,8 +198,9 @@ class JobController(MovesMixin, RecoveryMixin):
         end = self.spec.steps
         if every:
             end = min(end, (self.step_done // every + 1) * every)
-        if self._calibrate_at is not None:
-            end = min(end, self._calibrate_at)
+        p = self.planning
+        if p.calibrate_at is not None:
+            end = min(end, p.calibrate_at)
         run_steps = self.opts.max_run_steps or (
             self.opts.elastic_run_steps if self.spec.elastic is not None else None)
         if run_steps:
@@ -175,15 +216,15 @@ class JobController(MovesMixin, RecoveryMixin):
             return
         if self.spec.elastic is not None and self.step_done < self.spec.steps:
             self._replicate()
-        if self.step_done == self._calibrate_at:
-            self._calibrate_at = None
+        if self.step_done == p.calibrate_at:
+            p.calibrate_at = None
             if self._calibrate():
                 self._transition(JobState.REBALANCING, self.rebalances[-1].reason)
                 return
-        if (self._change is not None or self._move is not None) and self.step_done < self.spec.steps \
-                and self._react():
-            assert self._move is not None
-            self._transition(JobState.REBALANCING, self._move[2])
+        if (self.elastic.change is not None or p.move is not None) \
+                and self.step_done < self.spec.steps and self._react():
+            assert p.move is not None
+            self._transition(JobState.REBALANCING, p.move.reason)
             return
         if (every and self.step_done % every == 0) or self.step_done >= self.spec.steps:
             self._transition(JobState.CHECKPOINTING, f"step {self.step_done}")
@@ -193,7 +234,9 @@ class JobController(MovesMixin, RecoveryMixin):
         if self.step_done >= self.spec.steps:
             self._transition(JobState.STOPPING, "all steps done")
         else:
-            self._transition(JobState.RUNNING, f"resuming at step {self.step_done + 1}")
+            self._transition(JobState.RUNNING, f"running steps {self.step_done + 1}.."
+                                               f"{self.spec.steps} (checkpoint at step "
+                                               f"{self.step_done} saved)")
 
     def _on_stopping(self) -> None:
         self._teardown()
@@ -206,7 +249,7 @@ class JobController(MovesMixin, RecoveryMixin):
                               **self.spec.schedule_args)
         scale = 1.0 if self.spec.schedule == "pipedream" else 1.0 / M
         inbound: list[dict[int, list[tuple[str, int, int]]] | None] = [None] * len(self.actors)
-        if self.opts.match_in_send_order or self._on_gpus:  # (NCCL matches messages in order)
+        if self.opts.match_in_send_order or self.stages.on_gpus:  # (NCCL matches messages in order)
             sends, _ = transfer_orders(sched)
             inbound = [{src: msgs for (src, dst), msgs in sends.items() if dst == s}
                        for s in range(len(self.actors))]
@@ -220,18 +263,19 @@ class JobController(MovesMixin, RecoveryMixin):
             for ref in done:
                 ray.get(ref)  # raises at once if a stage failed
             if self._cancel is not None:
-                raise KeyboardInterrupt
+                raise Cancelled  # (step() stops the stages and records the cancel's reason)
             self._poll_progress()
             self._watch()
         reports: list[RunReport] = ray.get(refs)
-        self._train_s += time.time() - t0
-        self.last_run = reports
+        t = self.training
+        t.train_s += time.time() - t0
+        t.last_run = reports
         new = step_metrics(reports, first, count, M, self.spec.batch_size, t0)
         if self.job_plan is not None:  # the plan's figure beside each measured one
             new = [replace(m, predicted_stage_busy_s=self.job_plan.predicted_stage_busy_s) for m in new]
         self.metrics.extend(new)
         self.figures.append(run_figures(reports))
-        self.step_done = first + count
+        t.step_done = first + count
         with (self.output / "metrics.jsonl").open("a") as f:
             for m in new:
                 f.write(json.dumps(m.to_dict()) + "\n")
@@ -247,7 +291,7 @@ class JobController(MovesMixin, RecoveryMixin):
         last = self.actors[placement.locate(placement.num_virtual_stages - 1)[0]]
         p: Progress = ray.get(last.get_progress.options(
             concurrency_group="control").remote())
-        self._seen_step = max(self._seen_step, p.step)
+        self.training.seen_step = max(self.training.seen_step, p.step)
         if p.step > self.step_done and self.on_progress:
             self.on_progress(p.step, p.loss)
 
@@ -255,7 +299,8 @@ class JobController(MovesMixin, RecoveryMixin):
     def summary(self) -> JobSummary:
         done = self.metrics
         samples = self.spec.batch_size * len(done)
-        figs = self.figures[self._figures_since:]
+        t = self.training
+        figs = self.figures[t.figures_since:]
         # the current partition's steps, its first one (warmup) left out where there are more
         mine = done[self.partition_since - self.first_step:]
         current = mine[1:] or mine
@@ -266,9 +311,9 @@ class JobController(MovesMixin, RecoveryMixin):
             name=self.spec.name, schedule=self.spec.schedule, stages=S,
             state=self.state.value, steps=self.step_done,
             final_loss=done[-1].loss if done else None,
-            samples_per_s=samples / self._train_s if self._train_s > 0 else 0.0,
-            train_s=self._train_s,
-            startup_s=(self._t_running - self._t_created) if self._t_running else 0.0,
+            samples_per_s=samples / t.train_s if t.train_s > 0 else 0.0,
+            train_s=t.train_s,
+            startup_s=(t.t_running - t.t_created) if t.t_running else 0.0,
             first_step=self.first_step, bubble=bubble,
             peak_versions=[max(f.peak_versions[s] for f in figs) for s in range(S)] if figs else [],
             checkpoints=self.checkpoints, output=str(self.output), reason=self.reason,

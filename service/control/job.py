@@ -1,15 +1,20 @@
-"""What a job controller is made of: its states, options and events, and ``JobBase``, the state
-every part of the controller shares.
+"""What a job controller is made of: its options and events, and ``JobBase``, the state every
+part of the controller shares and the steps they all take.
 
 The controller is built in layers, one module each, every one a class on top of the last:
 
-- ``control.job`` (this): ``JobBase``, the controller's attributes and what every part uses:
-  adopting a plan, entering RUNNING, the autoscaler request, transitions and events;
+- ``control.states``: ``JobState`` and the transition table (which state may follow which);
+- ``control.context``: the controller's state as typed records (stage actors, planning,
+  training, elastic state) and the frozen values handed between states;
+- ``control.job`` (this): ``JobBase``, one of each record, and what every part uses: adopting
+  a plan, entering RUNNING, the autoscaler request, the GPUs a stage takes, transitions (checked
+  against the table) and events;
 - ``control.stages``: the stage actors: start, connect, checkpoint, resume, stop;
 - ``control.moves``: live moves, after calibration or a membership change (REBALANCING);
 - ``control.recovery``: elastic jobs' replicated state, recovery from lost stages (RECOVERING)
   and waiting for nodes (WAITING);
-- ``control.controller``: ``JobController``, the state machine: ``step()`` does one transition.
+- ``control.controller``: ``JobController``, the state machine: one handler per state,
+  ``step()`` runs the current state's handler once.
 """
 
 from __future__ import annotations
@@ -19,17 +24,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pipewave.service.control import checkpoint as ckpt
-from pipewave.service.control.elastic import Watcher
+from pipewave.service.control.context import ElasticState, Planning, StageActors, Training
 from pipewave.service.control.metrics import RunFigures, StepMetrics
-from pipewave.service.planning.partition import LayerCost, Partition, Slot, worker_layout
+from pipewave.service.control.states import JobState, check_transition
+from pipewave.service.planning.partition import Partition, worker_layout
 from pipewave.service.planning.planner import JobPlan, Rebalance
 from pipewave.service.spec import JobSpec
 from pipewave.workers.stage import RunReport
+
+__all__ = ["ControllerOptions", "Event", "JobBase", "JobError", "JobState", "stage_bundle",
+           "stage_gpus"]
 
 logger = logging.getLogger("pipewave.service.control.controller")  # one logger for the whole controller
 
@@ -40,22 +48,13 @@ def stage_bundle(cpus_per_stage: float, gpus_per_stage: float = 0.0) -> dict[str
     return {"CPU": cpus_per_stage, **({"GPU": gpus_per_stage} if gpus_per_stage > 0 else {})}
 
 
-class JobState(StrEnum):
-    CREATED = "CREATED"
-    STARTING = "STARTING"
-    RUNNING = "RUNNING"
-    REBALANCING = "REBALANCING"
-    RECOVERING = "RECOVERING"  # a stage's node died: rebuild from the latest surviving state
-    WAITING = "WAITING"  # too few nodes for min_stages: wait for more
-    CHECKPOINTING = "CHECKPOINTING"
-    STOPPING = "STOPPING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+def stage_gpus(gpus_per_stage: float, cluster_gpus: float, num_stages: int) -> float:
+    """The GPUs each stage actor takes: ``gpus_per_stage`` where given (a node may declare GPUs
+    Ray then hands out), else one each when the cluster has a GPU for every stage, else none.
+    Chosen when a job's stages start; its later actors (live moves) take the same."""
+    if gpus_per_stage > 0:
+        return gpus_per_stage
+    return 1.0 if cluster_gpus >= num_stages else 0.0
 
 
 class JobError(RuntimeError):
@@ -99,7 +98,9 @@ class ControllerOptions:
 
 
 class JobBase:
-    """The controller's state, and the steps every part of it takes."""
+    """The controller's state (one record of each kind, see ``control.context``), and the steps
+    every part of it takes. The public attributes others read (``actors``, ``partition``,
+    ``step_done``, ``metrics``, ...) are read-only views of those records."""
 
     def __init__(self, spec: JobSpec, output: Path, options: ControllerOptions | None = None,
                  on_event: Callable[[Event], None] | None = None,
@@ -114,65 +115,90 @@ class JobBase:
         self.on_event, self.on_progress, self.on_run = on_event, on_progress, on_run
         self.state = JobState.CREATED
         self.reason = ""
-        self.partition: Partition = ()
-        self.stage_nodes: list[str] = []  # planned node per stage (partition "auto")
-        self.job_plan: JobPlan | None = None
-        self.actors: list[Any] = []
-        self._orphans: list[Any] = []  # actors of a move in progress, not yet stages again
-        self.pg: Any = None
-        self._on_gpus = False  # the stages hold GPUs (their transfers go over NCCL)
-        self.step_done = 0  # global steps finished (and applied on every stage)
-        self.first_step = 0  # where this process started (after a resume)
-        self.metrics: list[StepMetrics] = []
-        self.figures: list[RunFigures] = []
         self.events: list[Event] = []
-        self.checkpoints: list[str] = []
-        self.last_run: list[RunReport] = []
+        self.stages = StageActors()
+        self.planning = Planning()
+        self.training = Training()
+        self.elastic = ElasticState()
         self._record: ckpt.CheckpointRecord | None = None  # the checkpoint to resume from
-        self._layers: tuple[LayerCost, ...] = ()  # the profile the plan was made from
-        self._slots: list[Slot] = []
-        self._speeds: dict[str, float] = {}
-        self._calibrate_at: int | None = None  # the step after which to calibrate
-        self.partition_since = 0  # the step the current partition started at
-        self.rebalances: list[Rebalance] = []
-        self.moves = 0  # live moves done (calibration and elasticity)
-        self._move: tuple[JobPlan, tuple[LayerCost, ...], str] | None = None  # (plan, costs, why)
-        self._watcher: Watcher | None = None
-        self._last_watch = 0.0
-        self._change: frozenset[str] | None = None  # a confirmed membership change to act on
-        self._figures_since = 0  # index into figures where the current partition starts
-        # elastic jobs: the latest replicated state (step, export refs, their nodes, holders)
-        self._snapshot: tuple[int, list[Any], list[str], list[int]] | None = None
-        self._pending: tuple[int, list[Any], list[str], list[int]] | None = None  # copying
-        self._replicating: list[Any] = []  # its hold_replica calls
-        self._restart_from: tuple[int, list[Any]] | None = None  # (step, per old stage payload)
-        self._restart_layout: list[Partition] = []  # the old layout (chunks per stage) of those
-        self._waiting_since = 0.0
-        self._excluded: set[str] = set()  # nodes a recovery saw die, before Ray marks them dead
-        self._requested = 0  # stage slots asked of the autoscaler (0: none)
-        self._prestarted: dict[int, Any] = {}  # stage of the decided move -> its new actor
-        self._seen_step = 0  # the furthest step any stage reported (progress polls)
-        self._cancel: str | None = None
-        self._t_created = time.time()
-        self._t_running = 0.0
-        self._train_s = 0.0
+        self._cancel: str | None = None  # a cancel's reason (set from another thread)
+
+    # -- what others read ------------------------------------------------------------------
+    @property
+    def actors(self) -> list[Any]:
+        return self.stages.actors
+
+    @property
+    def pg(self) -> Any:
+        return self.stages.pg
+
+    @property
+    def partition(self) -> Partition:
+        return self.planning.partition
+
+    @property
+    def stage_nodes(self) -> list[str]:
+        return self.planning.stage_nodes
+
+    @property
+    def job_plan(self) -> JobPlan | None:
+        return self.planning.job_plan
+
+    @property
+    def rebalances(self) -> list[Rebalance]:
+        return self.planning.rebalances
+
+    @property
+    def step_done(self) -> int:
+        return self.training.step_done
+
+    @property
+    def first_step(self) -> int:
+        return self.training.first_step
+
+    @property
+    def partition_since(self) -> int:
+        return self.training.partition_since
+
+    @property
+    def moves(self) -> int:
+        return self.training.moves
+
+    @property
+    def metrics(self) -> list[StepMetrics]:
+        return self.training.metrics
+
+    @property
+    def figures(self) -> list[RunFigures]:
+        return self.training.figures
+
+    @property
+    def last_run(self) -> list[RunReport]:
+        return self.training.last_run
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return self.training.checkpoints
 
     # -- shared steps ----------------------------------------------------------------------
     def _adopt(self, jp: JobPlan) -> None:
-        self.job_plan, self.partition = jp, jp.plan.partition
         tmp = self.output / "plan.json.tmp"  # the plan in force, beside metrics.jsonl
         tmp.write_text(json.dumps({"spec": self.spec.model_dump(mode="json"), **jp.to_dict()}, indent=2))
         tmp.replace(self.output / "plan.json")
-        self.stage_nodes = jp.plan.worker_nodes
-        self._calibrate_at = None  # set when the stages start (after any resume)
+        p = self.planning
+        p.job_plan, p.partition, p.stage_nodes = jp, jp.plan.partition, jp.plan.worker_nodes
+        p.calibrate_at = None  # set when the stages start (after any resume)
 
-    def _enter_running(self) -> None:
-        self.partition_since = self.step_done
-        n = self.opts.calibrate_steps
+    def _enter_running(self, reason: str | None = None) -> None:
+        """RUNNING on the current partition (after starting, a move or a restart): calibration
+        is due after ``calibrate_steps`` more steps where a planned job has room for it."""
+        t, n = self.training, self.opts.calibrate_steps
+        t.partition_since = t.step_done
         if self.job_plan is not None and n > 0 and len(self.rebalances) < self.opts.max_rebalances \
-                and self.step_done + 2 * n <= self.spec.steps:  # worth it: steps remain after
-            self._calibrate_at = self.step_done + n
-        self._transition(JobState.RUNNING, f"running steps {self.step_done + 1}..{self.spec.steps}")
+                and t.step_done + 2 * n <= self.spec.steps:  # worth it: steps remain after
+            self.planning.calibrate_at = t.step_done + n
+        self._transition(JobState.RUNNING,
+                         reason or f"running steps {t.step_done + 1}..{self.spec.steps}")
 
     def _layout(self, spec: JobSpec | None = None,
                 partition: Partition | None = None) -> tuple[Partition, ...]:
@@ -181,6 +207,17 @@ class JobBase:
         of the resolved ``spec``."""
         spec, partition = spec or self.spec, partition or self.partition
         return worker_layout(partition, spec.placement())
+
+    def _cluster_gpus(self) -> float:
+        import ray
+
+        return float(ray.cluster_resources().get("GPU", 0))
+
+    def _choose_gpus(self) -> float:
+        """Choose (when the stages start) the GPUs every stage actor of this job takes."""
+        self.stages.gpus_per_stage = stage_gpus(self.opts.gpus_per_stage, self._cluster_gpus(),
+                                                self.spec.num_stages)
+        return self.stages.gpus_per_stage
 
     # -- reporting -------------------------------------------------------------------------
     def _request_slots(self) -> None:
@@ -191,11 +228,11 @@ class JobBase:
         e = self.spec.elastic
         if e is None:
             return
-        want = e.max_stages if len(self._slots) < e.max_stages else 0
-        if want == self._requested:
+        want = e.max_stages if len(self.planning.slots) < e.max_stages else 0
+        if want == self.elastic.requested:
             return
         self._ask(want)
-        self._requested = want
+        self.elastic.requested = want
         self._emit("info", f"asked the autoscaler for room for {want} stages" if want
                    else "withdrew the autoscaler request", bundles=want)
 
@@ -209,12 +246,14 @@ class JobBase:
         request_resources(bundles=[stage_bundle(self.opts.cpus_per_stage, self.opts.gpus_per_stage)] * want)
 
     def _transition(self, new: JobState, reason: str) -> None:
+        """Move to ``new`` (``IllegalTransitionError`` if the table does not allow it)."""
+        check_transition(self.state, new)
         logger.info("job %s: %s -> %s (%s)", self.spec.name, self.state.value, new.value, reason)
         self.state, self.reason = new, reason
-        if new.is_terminal and self._requested:
+        if new.is_terminal and self.elastic.requested:
             try:
                 self._ask(0)
-                self._requested = 0
+                self.elastic.requested = 0
             except Exception:  # the cluster is gone: nothing to withdraw
                 logger.debug("cannot withdraw the autoscaler request", exc_info=True)
         self._emit("state", f"{new.value}: {reason}", state=new.value)

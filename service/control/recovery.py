@@ -1,7 +1,8 @@
 """Failures of elastic jobs: the replicated state, recovery from lost stages (state RECOVERING)
 and waiting for nodes (state WAITING):
 
-RUNNING -> RECOVERING -> (WAITING ->) RUNNING        (a stage's node died)
+RUNNING -> RECOVERING -> RUNNING             (a stage's node died: restart at once)
+                      -> WAITING -> RUNNING  (too few usable slots: wait for more)
 
 At every drained run boundary each stage exports its state (kept in its node's object store) and
 the next stage on another node pulls a copy into its own memory, in the background. When stages
@@ -20,6 +21,7 @@ from typing import Any
 import ray
 from pipewave.service.cluster.nodes import cluster_nodes, slots_of
 from pipewave.service.control import checkpoint as ckpt
+from pipewave.service.control.context import ReplicaRound, RestartPoint
 from pipewave.service.control.elastic import observe, usable_nodes
 from pipewave.service.control.job import JobError, JobState
 from pipewave.service.control.stages import StagesMixin
@@ -36,11 +38,12 @@ class RecoveryMixin(StagesMixin):
         """At a drained run boundary: every stage exports its state (kept in its node's object
         store) and the next stage on another node pulls a copy into its own memory, in the
         background. A node that dies loses at most the steps since."""
-        ready, _ = ray.wait(self._replicating, num_returns=len(self._replicating), timeout=0)
-        if len(ready) < len(self._replicating):
+        e = self.elastic
+        ready, _ = ray.wait(e.replicating, num_returns=len(e.replicating), timeout=0)
+        if len(ready) < len(e.replicating):
             return  # the previous copy is still on its way: skip this one
-        if self._pending is not None and _all_ok(self._replicating):
-            self._snapshot = self._pending  # every copy of that round arrived
+        if e.copying is not None and _all_ok(e.replicating):
+            e.latest = e.copying  # every copy of that round arrived
         refs = [a.export_state.remote() for a in self.actors]
         ray.wait(refs, num_returns=len(refs), timeout=self.opts.ready_timeout_s, fetch_local=False)
         S, nodes = len(self.actors), list(self.stage_nodes) or [""] * len(self.actors)
@@ -48,9 +51,9 @@ class RecoveryMixin(StagesMixin):
         for s in range(S):
             others = [(s + k) % S for k in range(1, S) if nodes[(s + k) % S] != nodes[s]]
             holders.append(others[0] if others else (s + 1) % S)
-        self._replicating = [self.actors[h].hold_replica.remote(s, self.step_done, [refs[s]])
-                             for s, h in enumerate(holders)]
-        self._pending = (self.step_done, refs, nodes, holders)
+        e.replicating = [self.actors[h].hold_replica.remote(s, self.step_done, [refs[s]])
+                         for s, h in enumerate(holders)]
+        e.copying = ReplicaRound(self.step_done, tuple(refs), tuple(nodes), tuple(holders))
 
     def _stage_lost(self, within_s: float = 10.0) -> bool:
         """Whether a stage's actor or node is dead (polled for ``within_s``: Ray needs a moment
@@ -83,15 +86,15 @@ class RecoveryMixin(StagesMixin):
                 ray.get(ping, timeout=5)
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
                 alive.discard(node)
-        self._excluded = set(self.stage_nodes) - alive
+        self.elastic.excluded = set(self.stage_nodes) - alive
         # the newest round every stage can be restored from: its own export where its node
         # lives, else the copy its holder keeps (a round need not have finished everywhere)
         found: list[Any] = []
         step, missing = 0, "no copy of the state was made yet"
-        for snap in (self._pending, self._snapshot):
+        for snap in (self.elastic.copying, self.elastic.latest):
             if snap is None:
                 continue
-            step, refs, nodes, holders = snap
+            step, refs, nodes, holders = snap.step, snap.refs, snap.nodes, snap.holders
             found, missing = [], ""
             for s in range(len(refs)):
                 h = holders[s]
@@ -116,44 +119,50 @@ class RecoveryMixin(StagesMixin):
             ready, _ = ray.wait(sources, num_returns=len(sources), timeout=60, fetch_local=False)
             if len(ready) < len(sources):
                 missing, sources = "the surviving copies did not arrive within 60 s", None
-        lost = max(self._seen_step, self.step_done) - step
-        self._move, self._change = None, None  # (a move decided before the failure is moot)
+        lost = max(self.training.seen_step, self.step_done) - step
+        self.planning.move, self.elastic.change = None, None  # (a move decided before is moot)
         self._teardown()
         if sources is not None:
-            self._restart_from, self._restart_layout = (step, sources), list(self._layout())
+            self.elastic.restart = RestartPoint(step, tuple(sources), self._layout())
             where = f"the state of step {step} (kept on surviving nodes)"
         else:
             self._record = ckpt.latest(self.output)
             if self._record is None:
                 raise JobError(f"stages died and no copy of their state survived ({missing})")
-            self._restart_from = None
+            self.elastic.restart = None
             where = f"the checkpoint of step {self._record.step} (no full copy survived)"
-            lost = max(self._seen_step, self.step_done) - self._record.step
+            lost = max(self.training.seen_step, self.step_done) - self._record.step
         self._emit("recovery", f"recovering from {where}; {lost} step(s) to redo",
                    step=step if sources is not None else self._record.step if self._record else 0,
                    steps_lost=lost, from_replicas=sources is not None)
-        self._waiting_since = time.time()
-        self._on_waiting()
+        self.elastic.waiting_since = time.time()
+        self._try_restart()
 
     def _on_waiting(self) -> None:
         """Start again once the usable nodes offer ``elastic.min_stages`` slots (or time out)."""
+        self._try_restart()
+
+    def _try_restart(self) -> None:
+        """Restart the lost job on the usable nodes if they offer ``elastic.min_stages`` slots
+        (then RUNNING); else WAITING (asking the autoscaler for room), until
+        ``elastic.wait_timeout_s`` has passed since the recovery began."""
         assert self.spec.elastic is not None
-        nodes = cluster_nodes(exclude=self._excluded)
-        slots = slots_of(nodes, self._speeds, self.opts.cpus_per_stage, self.opts.memory_fraction)
+        p, nodes = self.planning, cluster_nodes(exclude=self.elastic.excluded)
+        slots = slots_of(nodes, p.speeds, self.opts.cpus_per_stage, self.opts.memory_fraction)
         e = self.spec.elastic
         try:
-            jp = plan_job(self.spec, self._layers, slots, microbatches=self.spec.num_microbatches,
+            jp = plan_job(self.spec, p.layers, slots, microbatches=self.spec.num_microbatches,
                           max_stages=min(e.max_stages, len(slots))) if len(slots) >= e.min_stages \
                 else None
             if jp is not None and jp.stages < e.min_stages:
-                jp = plan_job(self.spec, self._layers, slots, stages=e.min_stages,
+                jp = plan_job(self.spec, p.layers, slots, stages=e.min_stages,
                               microbatches=self.spec.num_microbatches)
         except InfeasibleError:
             jp = None
         if jp is None:
-            self._slots = slots
+            p.slots = slots
             self._request_slots()
-            waited = time.time() - self._waiting_since
+            waited = time.time() - self.elastic.waiting_since
             if waited > e.wait_timeout_s:
                 raise JobError(f"waited {waited:.0f} s for {e.min_stages} stage slots; "
                                f"the cluster offers {len(slots)}")
@@ -163,33 +172,33 @@ class RecoveryMixin(StagesMixin):
             time.sleep(self.opts.watch_every_s)
             return
         self.spec = self.spec.resolve(jp.stages, jp.microbatches, keep_bounds=True)
-        self._slots = slots
+        p.slots = slots
         self._adopt(jp)
         self._start_actors()
-        if self._restart_from is not None:
-            step, sources = self._restart_from
+        el, t = self.elastic, self.training
+        if el.restart is not None:
+            r = el.restart
             ray.get([a.import_state.remote([ref for theirs, ref in
-                                            zip(self._restart_layout, sources, strict=True)
+                                            zip(r.layout, r.sources, strict=True)
                                             if overlaps(mine, theirs)])
                      for a, mine in zip(self.actors, self._layout(), strict=True)],
                     timeout=self.opts.ready_timeout_s)
-            self.step_done = step
+            t.step_done = r.step
         else:
             assert self._record is not None
             self._resume(self._record)
-        self._restart_from, self._snapshot, self._pending, self._replicating = None, None, None, []
-        self._seen_step = self.step_done
+        el.restart, el.latest, el.copying, el.replicating = None, None, None, []
+        t.seen_step = t.step_done
         # the steps after the restart point are redone: their first measurements go
-        self.metrics = [m for m in self.metrics if m.step <= self.step_done]
+        t.metrics = [m for m in t.metrics if m.step <= t.step_done]
         self._rewrite_metrics()
-        self._figures_since = len(self.figures)
-        self.moves += 1
-        if self._watcher is not None:
-            self._watcher.accept(usable_nodes(observe(), self.opts.cpus_per_stage))
+        t.figures_since = len(t.figures)
+        t.moves += 1
+        if el.watcher is not None:
+            el.watcher.accept(usable_nodes(observe(), self.opts.cpus_per_stage))
         self._request_slots()
-        self._enter_running()
-        self._transition(JobState.RUNNING, f"restarted at step {self.step_done} on "
-                                           f"{self.spec.num_stages} stages {list(self.partition)}")
+        self._enter_running(f"restarted at step {t.step_done} on {self.spec.num_stages} stages "
+                            f"{list(self.partition)}")
 
     def _rewrite_metrics(self) -> None:
         path = self.output / "metrics.jsonl"

@@ -34,30 +34,31 @@ class StagesMixin(JobBase):
         """One stage actor per stage of ``self.partition``, placed as planned (or packed in a
         placement group for a uniform split), their stage-to-stage group connected."""
         S = self.spec.num_stages
-        gpus = self.opts.gpus_per_stage or (1 if ray.cluster_resources().get("GPU", 0) >= S else 0)
-        bundle = stage_bundle(self.opts.cpus_per_stage, gpus)
+        bundle = stage_bundle(self.opts.cpus_per_stage, self._choose_gpus())
         strategies: list[Any]
         if self.stage_nodes:  # planned: each stage on the node the planner chose for it
             strategies = [NodeAffinitySchedulingStrategy(n, soft=False) for n in self.stage_nodes]
         else:  # uniform: reserve all stages at once, packed
-            self.pg = placement_group([bundle] * S, strategy="PACK", name=f"pipewave-{self.spec.name}")
-            if not _wait(self.pg.ready(), self.opts.ready_timeout_s):
+            pg = self.stages.pg = placement_group([bundle] * S, strategy="PACK",
+                                                  name=f"pipewave-{self.spec.name}")
+            if not _wait(pg.ready(), self.opts.ready_timeout_s):
                 raise JobError(f"the cluster cannot place {S} stages of {bundle} within "
                                f"{self.opts.ready_timeout_s:.0f}s (resources: {ray.cluster_resources()})")
-            strategies = [PlacementGroupSchedulingStrategy(self.pg, s) for s in range(S)]
-        self.actors = [self._new_actor(s, strategies[s], gpus) for s in range(S)]
+            strategies = [PlacementGroupSchedulingStrategy(pg, s) for s in range(S)]
+        self.stages.actors = [self._new_actor(s, strategies[s]) for s in range(S)]
         self._connect()
 
-    def _new_actor(self, s: int, strategy: Any, gpus: float, spec: JobSpec | None = None,
+    def _new_actor(self, s: int, strategy: Any, spec: JobSpec | None = None,
                    partition: Partition | None = None) -> Any:
         """Stage ``s`` of the current partition (or of ``partition`` of the resolved ``spec``)
-        in a new actor (fresh weights)."""
+        in a new actor (fresh weights), with the GPUs chosen when the job's stages started."""
         spec, partition = spec or self.spec, partition or self.partition
         S = spec.num_stages
         cls = ray.remote(concurrency_groups={"control": 2})(StageWorker)  # type: ignore[call-overload]
         threads = self.opts.threads_per_stage or max(1, (os.cpu_count() or 1) // S)
         chunks = self._layout(spec, partition)[s]
-        return cls.options(num_cpus=self.opts.cpus_per_stage, num_gpus=gpus, max_restarts=0,
+        return cls.options(num_cpus=self.opts.cpus_per_stage, num_gpus=self.stages.gpus_per_stage,
+                           max_restarts=0,
                            scheduling_strategy=strategy).remote(
             spec.model_dump_json(), s, S, chunks, threads)
 
@@ -65,7 +66,7 @@ class StagesMixin(JobBase):
         """Form the stages' point-to-point group (after every start or move)."""
         S = self.spec.num_stages
         infos = ray.get([a.info.remote() for a in self.actors], timeout=self.opts.ready_timeout_s)
-        self._on_gpus = any(str(i["device"]).startswith("cuda") for i in infos)
+        self.stages.on_gpus = any(str(i["device"]).startswith("cuda") for i in infos)
         port = ray.get(self.actors[0].rendezvous_port.remote())
         ray.get([a.init_comm.remote(infos[0]["ip"], port) for a in self.actors],
                 timeout=self.opts.ready_timeout_s)
@@ -110,9 +111,9 @@ class StagesMixin(JobBase):
         files = [(payload_chunks(e), str(record.path / e["file"])) for e in manifest["stages"]]
         ray.get([a.load.remote([f for theirs, f in files if overlaps(mine, theirs)])
                  for a, mine in zip(self.actors, self._layout(), strict=True)])
-        self.step_done = record.step
+        self.training.step_done = record.step
         if not self.metrics:  # (not when this job re-partitions itself)
-            self.first_step = record.step
+            self.training.first_step = record.step
         before = [list(c) for chunks, _ in files for c in chunks]
         moved = f" (re-partitioned from {before})" if sorted(before) != sorted(
             list(b) for b in self.partition) else ""
@@ -130,18 +131,19 @@ class StagesMixin(JobBase):
 
     # -- stopping --------------------------------------------------------------------------
     def _teardown(self) -> None:
-        for a in [*self.actors, *self._orphans, *self._prestarted.values()]:
+        st = self.stages
+        for a in [*st.actors, *st.orphans, *st.prestarted.values()]:
             try:
                 ray.kill(a)
             except Exception:  # already dead
                 logger.debug("actor already gone", exc_info=True)
-        self.actors, self._orphans, self._prestarted = [], [], {}
-        if self.pg is not None:
+        st.actors, st.orphans, st.prestarted = [], [], {}
+        if st.pg is not None:
             try:
-                remove_placement_group(self.pg)
+                remove_placement_group(st.pg)
             except Exception:
                 logger.debug("placement group already removed", exc_info=True)
-            self.pg = None
+            st.pg = None
 
 
 def _wait(ref: Any, timeout: float) -> bool:
