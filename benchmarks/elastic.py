@@ -21,7 +21,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,16 +30,13 @@ from common import loadavg, the_command  # (benchmarks/ is on sys.path when run 
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from ray_nodes import add_workers, run_killing  # noqa: E402  (tests/ray_nodes.py, shared with the tests)
+
 SPEC_FILE = REPO / "examples" / "gpt-small.yaml"
 TARGET_PAUSE_S = 2.0
 JOIN_AT, KILL_AT = 6, 10  # steps done before the 3rd node joins / before the node is killed
-
-
-def add_workers(cluster: Any, n: int) -> list[Any]:
-    """``n`` worker nodes of 1 CPU (main thread only: starting a Ray node needs signals)."""
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(n)]
-    cluster.wait_for_nodes()
-    return nodes
 
 
 def remove_workers(cluster: Any, nodes: list[Any], timeout_s: float = 90.0) -> None:
@@ -115,47 +111,21 @@ def drive_join(ctl: Any, cluster: Any, nodes: list[Any], res: dict[str, Any]) ->
 
 
 def drive_failure(ctl: Any, cluster: Any, nodes: list[Any], res: dict[str, Any]) -> None:
-    import ray
-    from pipewave.service.control.controller import JobState
-
-    killed: dict[str, Any] = {}
-
-    def kill_when_running() -> None:
-        while ctl.step_done < KILL_AT or ctl.state is not JobState.RUNNING:
-            if ctl.state.is_terminal:
-                return
-            time.sleep(0.01)
-        time.sleep(0.05)  # inside the next run
-        stage_nodes = list(ctl.stage_nodes)
-        node = next((n for n in nodes if stage_nodes[1:2] == [n.node_id]), None)
-        if node is None:
-            killed["error"] = f"no worker node holds stage 1 (stage nodes {stage_nodes})"
-            return
-        killed.update(node=node.node_id, step=ctl.step_done, stages=len(stage_nodes), at=time.time())
-        cluster.remove_node(node, allow_graceful=False)
-        killed["remove_node_s"] = time.time() - killed["at"]
-        while time.time() - killed["at"] < 60 and any(  # (a diagnostic: when Ray notices)
-                n["NodeID"] == node.node_id and n["Alive"] for n in ray.nodes()):
-            time.sleep(0.2)
-        killed["ray_dead_s"] = time.time() - killed["at"]
-
-    t = threading.Thread(target=kill_when_running, daemon=True)
-    t.start()
-    while not ctl.state.is_terminal:
-        ctl.step()
-    t.join(timeout=60)
-    res.update({f"killed_{k}": v for k, v in killed.items() if k != "error"})
-    if "at" not in killed:
+    killed = run_killing(cluster, nodes, ctl, KILL_AT, (1,), watch_dead_s=60)
+    if "nodes" not in killed:
         res["error"] = killed.get("error", "the job ended before the kill")
         return
-    states = [(e.time, e.data["state"]) for e in ctl.events if e.kind == "state" and e.time >= killed["at"]]
+    res.update(killed_node=killed["nodes"][0], killed_step=killed["at"], killed_stages=killed["stages"],
+               killed_at=killed["time"], killed_remove_node_s=killed["remove_node_s"],
+               killed_ray_dead_s=killed["ray_dead_s"])
+    states = [(e.time, e.data["state"]) for e in ctl.events if e.kind == "state" and e.time >= killed["time"]]
     t_rec = next((tt for tt, st in states if st == "RECOVERING"), None)
     t_run = next((tt for tt, st in states if st == "RUNNING" and t_rec is not None and tt >= t_rec), None)
     recs = [e.data for e in ctl.events if e.kind == "recovery"]
     if t_rec is None or t_run is None or not recs:
         res["error"] = "no RECOVERING -> RUNNING after the kill"
         return
-    res.update(recover_s=t_run - killed["at"], detect_s=t_rec - killed["at"], restart_s=t_run - t_rec,
+    res.update(recover_s=t_run - killed["time"], detect_s=t_rec - killed["time"], restart_s=t_run - t_rec,
                steps_lost=recs[0]["steps_lost"], from_replicas=recs[0]["from_replicas"],
                restart_step=recs[0]["step"], recoveries=len(recs))
 

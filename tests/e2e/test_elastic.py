@@ -17,6 +17,7 @@ from harness import autoscaler_request
 from pipewave.service.control.checkpoint import load_model_state
 from pipewave.service.control.controller import ControllerOptions, JobController, JobState
 from pipewave.service.control.elastic import NodeState, Watcher, usable_nodes
+from ray_nodes import add_workers, run_killing
 
 pytestmark = pytest.mark.ray
 
@@ -61,12 +62,6 @@ def cluster(tmp_path_factory) -> Iterator[Any]:
     finally:
         ray.shutdown()
         c.shutdown()
-
-
-def add_workers(cluster: Any, n: int) -> list[Any]:
-    nodes = [cluster.add_node(num_cpus=1) for _ in range(n)]
-    cluster.wait_for_nodes()
-    return nodes
 
 
 @pytest.fixture
@@ -126,37 +121,6 @@ def options(tmp_path: Path, **kw: Any) -> ControllerOptions:
     return ControllerOptions(threads_per_stage=1, resume=False, profile_dir=tmp_path / "profiles",
                              calibrate_steps=0, elastic_run_steps=2, watch_every_s=0.3, confirm=2,
                              **kw)
-
-
-def run_killing(cluster: Any, workers: list[Any], ctl: JobController, at_step: int,
-                stages: tuple[int, ...], on_step: Any = None) -> dict[str, Any]:
-    """Run ``ctl`` to its end; from a thread, once ``at_step`` steps are done and the next run is
-    under way, kill the nodes of ``stages`` with no warning (Ray adds nodes only from the main
-    thread: ``on_step`` runs there after every step). Returns the killed nodes and the step."""
-    import threading
-    import time
-
-    killed: dict[str, Any] = {}
-
-    def kill() -> None:
-        while ctl.step_done < at_step or ctl.state is not JobState.RUNNING:
-            if ctl.state.is_terminal:
-                return
-            time.sleep(0.01)
-        time.sleep(0.05)  # inside the next run
-        gone = [next(n for n in workers if n.node_id == ctl.stage_nodes[s]) for s in stages]
-        killed["nodes"], killed["at"] = [n.node_id for n in gone], ctl.step_done
-        for node in gone:
-            cluster.remove_node(node, allow_graceful=False)
-
-    t = threading.Thread(target=kill, daemon=True)
-    t.start()
-    while not ctl.state.is_terminal:
-        ctl.step()
-        if on_step is not None:
-            on_step()
-    t.join(timeout=5)
-    return killed
 
 
 def test_job_grows_as_nodes_join(cluster: Any, workers: list[Any], fixed_run, make_spec,
