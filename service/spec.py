@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal, TypedDict
+from typing import Annotated, Literal, TypedDict, get_args
 
 import yaml
-from pipewave.service.schedules import ALL_SCHEDULE_NAMES, Placement, placement_for
+from pipewave.service.schedules import (
+    ALL_SCHEDULE_NAMES,
+    Placement,
+    ScheduleTraits,
+    placement_for,
+    schedule_traits,
+)
 from pipewave.service.schedules.registry import DEFAULT_CHUNKS, DEFAULT_WAVES
+from pipewave.service.schedules.traits import Option, taking
+from pipewave.workers.config import DataSettings, ModelSettings, OptimizerSettings, StageConfig
 from pipewave.workers.models import num_layers
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# the names of pipewave.service.schedules.TRAITS (spelled out for the type checker; checked below)
 ScheduleName = Literal["gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"]
 # "auto": the planner picks among the synchronous schedules (pipewave.service.planning.planner.AUTO_SCHEDULES)
-ScheduleChoice = Literal["gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo", "auto"]
-assert set(ALL_SCHEDULE_NAMES) == {"gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"}
+ScheduleChoice = Literal[ScheduleName, "auto"]
+if get_args(ScheduleName) != ALL_SCHEDULE_NAMES:
+    raise ImportError(f"the job spec's schedule names {get_args(ScheduleName)} are not the "
+                      f"schedule table's {ALL_SCHEDULE_NAMES}")
 
 
 class ScheduleArgs(TypedDict, total=False):
@@ -166,12 +177,13 @@ class JobSpec(_Strict):
                 f"batch_size ({self.batch_size}) must be divisible by microbatches "
                 f"({self.microbatches})"
             )
-        if self.vertical_sync and self.schedule != "pipedream":
-            raise ValueError("vertical_sync applies only to schedule 'pipedream'")
-        if self.chunks is not None and self.schedule != "interleaved-1f1b":
-            raise ValueError("chunks applies only to schedule 'interleaved-1f1b'")
-        if self.waves is not None and self.schedule != "hanayo":
-            raise ValueError("waves applies only to schedule 'hanayo'")
+        given: tuple[tuple[Option, bool], ...] = (("vertical_sync", self.vertical_sync),
+                                                  ("chunks", self.chunks is not None),
+                                                  ("waves", self.waves is not None))
+        for option, used in given:
+            if used and (self.schedule == "auto" or schedule_traits(self.schedule).option != option):
+                only = " or ".join(repr(n) for n in taking(option))
+                raise ValueError(f"{option} applies only to schedule {only}")
         if self.partition == "uniform" and "auto" in (self.schedule, self.chunks, self.waves):
             raise ValueError("partition 'uniform' needs the schedule (and its chunks or waves) given "
                              "(or use partition 'auto')")
@@ -220,6 +232,31 @@ class JobSpec(_Strict):
     def placement(self, num_stages: int | None = None) -> Placement:
         """Which virtual stages each stage worker holds (of a resolved spec, or ``num_stages``)."""
         return placement_for(self.schedule, num_stages or self.num_stages, **self.schedule_args)
+
+    @property
+    def traits(self) -> ScheduleTraits:
+        """The schedule's traits (``pipewave.service.schedules.TRAITS``) of a resolved schedule."""
+        if self.schedule == "auto":
+            raise ValueError(f"job {self.name}: schedule 'auto' is not resolved yet")
+        return schedule_traits(self.schedule)
+
+    @property
+    def synchronous(self) -> bool:
+        """Whether the schedule flushes every step (schedule "auto" picks only such ones)."""
+        return self.schedule == "auto" or self.traits.synchronous
+
+    def stage_config(self) -> StageConfig:
+        """What the stage actors of this resolved spec need to know (``StageWorker``'s config)."""
+        m, d, o = self.model, self.data, self.optimizer
+        return StageConfig(
+            model=ModelSettings(kind=m.kind, vocab_size=m.vocab_size, d_model=m.d_model,
+                                n_layers=m.n_layers, seq_len=m.seq_len,
+                                n_heads=m.n_heads if isinstance(m, GPTSpec) else None),
+            data=DataSettings(kind=d.kind, path=d.path if isinstance(d, TextData) else None),
+            optimizer=OptimizerSettings(kind=o.kind, lr=o.lr, betas=o.betas, eps=o.eps,
+                                        weight_decay=o.weight_decay, momentum=o.momentum),
+            seed=self.seed, batch_size=self.batch_size, num_microbatches=self.num_microbatches,
+            schedule=self.traits.name, placement=self.placement())
 
     @property
     def is_resolved(self) -> bool:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pipewave.service.schedules import Action, Kind
-from pipewave.service.spec import JobSpec
 from pipewave.workers import comm
+from pipewave.workers.actions import Action, Kind
+from pipewave.workers.config import StageConfig
 from pipewave.workers.data import get_batch, load_corpus, microbatch
 from pipewave.workers.models import build_layers, loss_fn, num_layers
 from pipewave.workers.optim import OutOfPlaceOptimizer, Version
@@ -73,29 +73,33 @@ class Progress:
 
 class StageWorker:
     """Stage ``stage`` of ``num_stages``: one model chunk per entry of ``chunks`` ([start, end)
-    layer ranges, in chunk order; the schedule's placement says which virtual stage each is)."""
+    layer ranges, in chunk order; the config's placement says which virtual stage each is).
+    ``config``: the job as its stages see it (the service builds it from the job spec)."""
 
-    def __init__(self, spec_json: str, stage: int, num_stages: int,
+    def __init__(self, config: StageConfig, stage: int, num_stages: int,
                  chunks: Sequence[tuple[int, int]], threads: int = 1) -> None:
         torch.set_num_threads(max(1, threads))
         keep_freed_memory()
         self.device = _pick_device()
         self.corpus: torch.Tensor | None = None
         self.replicas: dict[tuple[int, int], dict[str, Any]] = {}  # (stage, step) -> payload
-        self._build(spec_json, stage, num_stages, chunks)
+        self._build(config, stage, num_stages, chunks)
 
-    def _build(self, spec_json: str, stage: int, num_stages: int,
+    def _build(self, config: StageConfig, stage: int, num_stages: int,
                chunks: Sequence[tuple[int, int]]) -> None:
         """Hold ``chunks`` as stage ``stage`` of ``num_stages`` (fresh weights)."""
-        self.spec = JobSpec.model_validate_json(spec_json)
+        if config.num_stages != num_stages or not 0 <= stage < num_stages:
+            raise ValueError(f"stage {stage} of {num_stages}: the stage config places "
+                             f"{config.schedule} on {config.num_stages} stages")
+        self.config = config
         self.stage, self.num_stages = stage, num_stages
-        self.placement = self.spec.placement(num_stages)
+        self.placement = config.placement
         self.num_virtual = self.placement.num_virtual_stages
         self.virtual = list(self.placement.workers[stage])  # chunk -> virtual stage
         self.chunks: Chunks = tuple((int(a), int(b)) for a, b in chunks)
-        n = num_layers(self.spec.model)
+        n = num_layers(config.model)
         if len(self.chunks) != len(self.virtual):
-            raise ValueError(f"stage {stage} of {num_stages} under {self.spec.schedule} holds "
+            raise ValueError(f"stage {stage} of {num_stages} under {config.schedule} holds "
                              f"{len(self.virtual)} chunks, given {len(self.chunks)}")
         for v, (a, b) in zip(self.virtual, self.chunks, strict=True):
             if not (0 <= a < b <= n) or (v == 0 and a != 0) or (v == self.num_virtual - 1 and b != n):
@@ -107,7 +111,7 @@ class StageWorker:
         self.names: list[str] = []  # every parameter's global name, chunk after chunk
         self.param_slices: list[slice] = []  # chunk -> its parameters' positions in a version
         for a, b in self.chunks:
-            layers = build_layers(self.spec.model, self.spec.seed, range(a, b))
+            layers = build_layers(config.model, config.seed, range(a, b))
             module = nn.Sequential(
                 OrderedDict((str(i), layer) for i, layer in zip(range(a, b), layers, strict=True))
             ).to(self.device)
@@ -118,14 +122,14 @@ class StageWorker:
         v0: Version = tuple(p.detach().requires_grad_() for m in self.modules for p in m.parameters())
         self.versions: dict[int, Version] = {0: v0, -1: v0}  # -1: "before the start" (2BW)
         self.latest = 0
-        o = self.spec.optimizer
+        o = config.optimizer
         self.opt = OutOfPlaceOptimizer(o.kind, v0, lr=o.lr, betas=o.betas, eps=o.eps,
                                        weight_decay=o.weight_decay, momentum=o.momentum)
         if (self.first or self.last) and self.corpus is None:
-            self.corpus = load_corpus(self.spec.data)
+            self.corpus = load_corpus(config.data)
         self._batch: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.progress = Progress()
-        self.act_shape = (self.spec.microbatch_size, self.spec.model.seq_len, self.spec.model.d_model)
+        self.act_shape = (config.microbatch_size, config.model.seq_len, config.model.d_model)
 
     # -- control ---------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -214,13 +218,13 @@ class StageWorker:
         self._apply(merge_payloads(payloads, self.chunks), "the previous stages")
         return sum(t.numel() * t.element_size() for p in payloads for t in p["model"].values())
 
-    def reconfigure(self, spec_json: str, stage: int, num_stages: int,
+    def reconfigure(self, config: StageConfig, stage: int, num_stages: int,
                     chunks: Sequence[tuple[int, int]], refs: list[Any]) -> int:
         """Become stage ``stage`` of ``num_stages`` holding ``chunks``, taking their state from
         the exported payloads ``refs`` (this actor's own among them); the caller connects the
         new stage group afterwards. Returns the bytes received."""
         comm.close_group()
-        self._build(spec_json, stage, num_stages, chunks)
+        self._build(config, stage, num_stages, chunks)
         return self.import_state(refs)
 
     def _apply(self, merged: dict[str, Any], source: str) -> None:
@@ -264,11 +268,11 @@ class StageWorker:
     def _data(self, step: int, mb: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._batch is None or self._batch[0] != step:
             assert self.corpus is not None
-            x, y = get_batch(self.corpus, self.spec.seed, step, self.spec.batch_size,
-                             self.spec.model.seq_len)
+            x, y = get_batch(self.corpus, self.config.seed, step, self.config.batch_size,
+                             self.config.model.seq_len)
             self._batch = (step, x, y)
         _, x, y = self._batch
-        m = self.spec.num_microbatches
+        m = self.config.num_microbatches
         return microbatch(x, mb, m).to(self.device), microbatch(y, mb, m).to(self.device)
 
     # -- one schedule run ----------------------------------------------------------------------
@@ -290,7 +294,7 @@ class StageWorker:
 
     def run(self, run: Run) -> RunReport:
         """Execute this stage's actions; returns timings, losses and the versions used."""
-        s, M, N = self.stage, self.spec.num_microbatches, self.num_virtual
+        s, M, N = self.stage, self.config.num_microbatches, self.num_virtual
         # work seconds: a one-thread CPU stage's CPU time (what sharing a core does not inflate);
         # wall time where CPU time would count idle threads (several threads) or miss a GPU's
         cpu_clock = (time.thread_time if torch.get_num_threads() == 1 and self.device.type == "cpu"

@@ -247,7 +247,7 @@ class JobController(MovesMixin, RecoveryMixin):
         M = self.spec.num_microbatches
         sched = make_schedule(self.spec.schedule, self.spec.num_stages, M, count,
                               **self.spec.schedule_args)
-        scale = 1.0 if self.spec.schedule == "pipedream" else 1.0 / M
+        scale = self.spec.traits.grad_scale(M)
         inbound: list[dict[int, list[tuple[str, int, int]]] | None] = [None] * len(self.actors)
         if self.opts.match_in_send_order or self.stages.on_gpus:  # (NCCL matches messages in order)
             sends, _ = transfer_orders(sched)

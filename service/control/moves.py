@@ -137,7 +137,7 @@ class MovesMixin(StagesMixin):
         spare: dict[str, list[Any]] = {}
         for node, actor in zip(old_nodes, old_actors, strict=True):
             spare.setdefault(node, []).append(actor)
-        spec_json = self.spec.model_dump_json()
+        config = self.spec.stage_config()
         st.actors, calls = [], []
         for s, chunks in enumerate(self._layout()):
             refs = [ref for theirs, ref in zip(old_layout, exports, strict=True)
@@ -145,7 +145,7 @@ class MovesMixin(StagesMixin):
             node = self.stage_nodes[s]
             if spare.get(node):
                 actor = spare[node].pop()
-                calls.append(actor.reconfigure.remote(spec_json, s, self.spec.num_stages, chunks,
+                calls.append(actor.reconfigure.remote(config, s, self.spec.num_stages, chunks,
                                                       refs))
             else:
                 actor = st.prestarted.pop(s, None) or self._new_actor(

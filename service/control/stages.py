@@ -60,7 +60,7 @@ class StagesMixin(JobBase):
         return cls.options(num_cpus=self.opts.cpus_per_stage, num_gpus=self.stages.gpus_per_stage,
                            max_restarts=0,
                            scheduling_strategy=strategy).remote(
-            spec.model_dump_json(), s, S, chunks, threads)
+            spec.stage_config(), s, S, chunks, threads)
 
     def _connect(self) -> None:
         """Form the stages' point-to-point group (after every start or move)."""

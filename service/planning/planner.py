@@ -38,18 +38,24 @@ from typing import TYPE_CHECKING, Any
 
 from pipewave.service.planning.chunk_partition import plan_chunked
 from pipewave.service.planning.partition import InfeasibleError, LayerCost, Link, Plan, Slot, plan
-from pipewave.service.schedules import CHUNKED_SCHEDULE_NAMES, Costs, make_schedule, simulate
+from pipewave.service.schedules import (
+    SYNCHRONOUS_SCHEDULE_NAMES,
+    Costs,
+    make_schedule,
+    schedule_traits,
+    simulate,
+)
 
 if TYPE_CHECKING:
     from pipewave.service.spec import JobSpec
 
 # seconds per parameter byte of one optimizer step (see the module docstring)
 UPDATE_S_PER_PARAM_BYTE = {"adam": 0.23e-9, "adamw": 0.23e-9, "sgd_momentum": 0.2e-9, "sgd": 0.12e-9}
-ASYNC_SCHEDULES = ("pipedream", "2bw")
 MAX_STAGES = 64
 # schedule "auto" weighs these: the synchronous schedules, which all train exactly what
-# unpipelined training does (the asynchronous ones change the numerics: never chosen for you)
-AUTO_SCHEDULES = ("1f1b", "gpipe", "interleaved-1f1b", "hanayo")
+# unpipelined training does (the asynchronous ones change the numerics: never chosen for you),
+# in the order of their traits' rank (ties go to the earlier)
+AUTO_SCHEDULES = tuple(sorted(SYNCHRONOUS_SCHEDULE_NAMES, key=lambda n: schedule_traits(n).rank))
 AUTO_CHUNKS = (2, 3, 4)  # interleaved-1f1b's chunks per stage under "auto"
 AUTO_WAVES = (1, 2, 3, 4)  # hanayo's waves under "auto"
 TIE_TOLERANCE = 0.01  # throughputs within 1% are a tie: fewer stages (then microbatches) win
@@ -170,7 +176,7 @@ def _simulate(spec: JobSpec, layers: Sequence[LayerCost], pl: Plan, slots: Seque
         result = simulate(sched, costs)
         return result.makespan, result.busy
 
-    if spec.schedule not in ASYNC_SCHEDULES:
+    if spec.traits.synchronous:
         return run(1)
     k = 2 + -(-(2 * n + 2) // m)  # every stage past its warmup
     (t1, b1), (t2, b2) = run(k), run(k + 2)
@@ -198,7 +204,7 @@ def _place(spec: JobSpec, layers: Sequence[LayerCost], slots: Sequence[Slot], st
            microbatches: int, optimizer: str, link: Link) -> Plan:
     """The bottleneck-optimal placement of ``layers`` on ``stages`` stage workers: contiguous
     stages, or the chunks of a chunked schedule (``chunk_partition``)."""
-    if spec.schedule not in CHUNKED_SCHEDULE_NAMES:
+    if not spec.traits.chunked:
         return plan(layers, slots, spec.schedule, microbatches, optimizer, link, num_stages=stages)
     if spec.schedule == "interleaved-1f1b" and microbatches % stages:
         raise InfeasibleError(f"interleaved-1f1b needs microbatches ({microbatches}) to be a "

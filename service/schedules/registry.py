@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from pipewave.service.schedules import gpipe, hanayo, interleaved, one_f_one_b, pipedream, two_bw
 from pipewave.service.schedules.schedule import Schedule
+from pipewave.service.schedules.traits import Option, schedule_traits, taking
 from pipewave.service.schedules.validate import validate
 from pipewave.workers.placement import Placement, looped, single
 from pipewave.workers.placement import waves as wave_placement
-
-# one chunk per stage
-SCHEDULE_NAMES = ("gpipe", "1f1b", "pipedream", "2bw")
-# several chunks (virtual stages) per stage
-CHUNKED_SCHEDULE_NAMES = ("interleaved-1f1b", "hanayo")
-ALL_SCHEDULE_NAMES = SCHEDULE_NAMES + CHUNKED_SCHEDULE_NAMES
 
 DEFAULT_CHUNKS = 2  # interleaved-1f1b: chunks per stage
 DEFAULT_WAVES = 1  # hanayo: waves (2 chunks per stage per wave)
@@ -33,14 +28,13 @@ def make_schedule(
     ``chunks`` (interleaved-1f1b only, default 2): chunks per stage; the microbatches must be a
     multiple of the stages. ``waves`` (hanayo only, default 1): waves, 2 chunks per stage each.
     """
-    if name not in ALL_SCHEDULE_NAMES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(ALL_SCHEDULE_NAMES)}")
-    if vertical_sync and name != "pipedream":
-        raise ValueError(f"vertical_sync applies only to 'pipedream', not {name!r}")
-    if chunks is not None and name != "interleaved-1f1b":
-        raise ValueError(f"chunks applies only to 'interleaved-1f1b', not {name!r}")
-    if waves is not None and name != "hanayo":
-        raise ValueError(f"waves applies only to 'hanayo', not {name!r}")
+    traits = schedule_traits(name)
+    given: tuple[tuple[Option, bool], ...] = (
+        ("vertical_sync", vertical_sync), ("chunks", chunks is not None), ("waves", waves is not None))
+    for option, used in given:
+        if used and traits.option != option:
+            only = " or ".join(repr(n) for n in taking(option))
+            raise ValueError(f"{option} applies only to {only}, not {name!r}")
     for arg, value in (
         ("num_stages", num_stages),
         ("num_microbatches", num_microbatches),

@@ -2,9 +2,12 @@
 
 gloo matches a receive to its send by tag, so any order works; NCCL matches the operations
 between two ranks in issue order (tags are ignored) and every message has the same shape, so a
-receiver that takes messages from a peer in another order than the peer sent them would read one
-message as another, silently. ``order_mismatches`` finds such pairs; the controller refuses a GPU
-run with any (the generated schedules have none: tests/test_transfers.py).
+receiver that posted its receives in the order it consumes the messages would, where a peer sent
+them in another order, read one message as another, silently. ``order_mismatches`` finds such
+pairs: the one-chunk schedules have none, hanayo's waves have some (tests/unit/test_transfers.py).
+So on GPUs (and with ``ControllerOptions.match_in_send_order``) the controller hands each stage
+its peers' ``transfer_orders`` sends, and the stage's mailbox posts its receives in that order,
+holding a message that arrives before it is needed (``sender_order`` in pipewave.workers.comm).
 """
 
 from __future__ import annotations

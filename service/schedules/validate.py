@@ -6,12 +6,10 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from pipewave.service.schedules.schedule import Schedule, ScheduleError
+from pipewave.service.schedules.traits import TRAITS
 from pipewave.workers.actions import Action, Key, Kind
 
 _Fail = Callable[[str], NoReturn]
-
-# one optimizer update per stage per step, after the step's last backward; step t uses version t
-SYNCHRONOUS = ("gpipe", "1f1b", "interleaved-1f1b", "hanayo")
 
 
 def validate(schedule: Schedule) -> None:
@@ -20,11 +18,12 @@ def validate(schedule: Schedule) -> None:
     Versions: an action may use any version from -1 up to the number of updates its stage applied
     before it; a backward must use its forward's version (the same chunk's forward of the same
     microbatch). Dependencies follow the virtual stages of the schedule's placement. Per-name
-    rules: gpipe/1f1b/interleaved-1f1b/hanayo/2bw apply one update per stage per step (covering
-    all of the stage's chunks), right after the stage's last backward of the step, and compute
-    step t with version t (t - 1 for 2bw); pipedream updates after every backward and its
-    forwards use the stage's latest version (stage 0's version of the microbatch under vertical
-    sync).
+    rules, from the schedule's traits (``traits.TRAITS``; a name not there has none): a schedule
+    with a ``version_lag`` (gpipe/1f1b/interleaved-1f1b/hanayo 0, 2bw 1) applies one update per
+    stage per step (covering all of the stage's chunks), right after the stage's last backward of
+    the step, and computes step t with version t - lag; one that updates after every backward
+    (pipedream) does so, and its forwards use the stage's latest version (stage 0's version of
+    the microbatch under vertical sync).
     """
 
     def fail(message: str) -> NoReturn:
@@ -90,10 +89,13 @@ def _check_semantics(schedule: Schedule, fail: _Fail) -> None:
     per_step = schedule.num_microbatches
     name = schedule.label
     stage0 = {a.microbatch: a.version for a in schedule.stage_actions(0)}
+    traits = TRAITS.get(schedule.name)
+    if traits is None:
+        return
     for s in range(schedule.num_stages):
         actions = schedule.stage_actions(s)
-        if schedule.name in (*SYNCHRONOUS, "2bw"):
-            offset = -1 if schedule.name == "2bw" else 0
+        if traits.version_lag is not None:
+            offset = -traits.version_lag
             last = {a.microbatch // per_step: i for i, a in enumerate(actions) if a.kind is Kind.B}
             for i, a in enumerate(actions):
                 step = a.microbatch // per_step
@@ -101,11 +103,11 @@ def _check_semantics(schedule: Schedule, fail: _Fail) -> None:
                     fail(f"{name(a)} uses version {a.version}, step {step} uses {step + offset}")
                 if a.kind is Kind.B and a.update != (i == last[step]):
                     fail(f"{name(a)}: the one update of step {step} follows its last backward")
-        elif schedule.name == "pipedream":
+        elif traits.update_every_backward:
             updates = 0
             for a in actions:
                 if a.kind is Kind.B and not a.update:
-                    fail(f"{name(a)}: pipedream updates after every backward")
+                    fail(f"{name(a)}: {schedule.name} updates after every backward")
                 sync = schedule.vertical_sync and s > 0
                 expected = stage0[a.microbatch] if sync else updates
                 if a.kind is Kind.F and a.version != expected:
