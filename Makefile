@@ -29,6 +29,7 @@ train: $(STAMP)
 
 test: $(STAMP) browser
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(MAKE) typecheck
 	@start=$$(date +%s); $(BIN)/python -m pytest; rc=$$?; \
 		echo "test suite wall time: $$(( $$(date +%s) - start )) s"; exit $$rc

@@ -43,11 +43,11 @@ class _JobCollector(Collector):
                 stages.add_metric(labels, r.stages)
         yield from (step, loss, rate, stages)
         try:
-            from pipewave.api.manager import free_slots_per_node
-            from pipewave.api.routes.cluster import total_slots
+            from pipewave.service.cluster.status import free_slots_per_node, node_statuses, total_slots
 
-            free = sum(free_slots_per_node(self.manager.settings.cpus_per_stage).values())
-            total = total_slots(self.manager.settings.cpus_per_stage)
+            nodes = node_statuses()
+            free = sum(free_slots_per_node(self.manager.settings.cpus_per_stage, nodes).values())
+            total = total_slots(self.manager.settings.cpus_per_stage, nodes)
         except Exception:  # Ray unreachable: leave the cluster gauges out
             return
         g = GaugeMetricFamily("pipewave_cluster_slots", "Stage slots of the alive, not draining nodes")

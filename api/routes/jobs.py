@@ -12,7 +12,7 @@ from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pipewave.api.deps import JobId, ManagerDep, SettingsDep, StoreDep, not_found
-from pipewave.api.manager import min_slots, public
+from pipewave.api.dispatch import min_slots
 from pipewave.api.models import (
     ApiState,
     CheckpointList,
@@ -23,6 +23,7 @@ from pipewave.api.models import (
 )
 from pipewave.api.settings import Settings
 from pipewave.api.store import IdempotencyConflict, to_public
+from pipewave.api.views import public
 from pipewave.service.spec import JobSpec, TextData
 from sse_starlette.sse import EventSourceResponse
 
@@ -46,6 +47,8 @@ def submit(spec: JobSpec, store: StoreDep, manager: ManagerDep, settings: Settin
     if created:
         manager.submitted()
     body = public(store, manager, row.id)
+    if body is None:  # deleted meanwhile
+        raise not_found(row.id)
     return JSONResponse(body.model_dump(mode="json"), status_code=201 if created else 200,
                         headers={"Location": f"/api/v1/jobs/{row.id}"})
 
@@ -85,7 +88,7 @@ def get_job(job_id: JobId, store: StoreDep, manager: ManagerDep) -> JobPublic:
     body = public(store, manager, job_id)
     if body is None:
         raise not_found(job_id)
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic,
@@ -98,6 +101,8 @@ def cancel(job_id: JobId, store: StoreDep, manager: ManagerDep) -> Any:
     if not ended:
         manager.cancel(job_id)
     body = public(store, manager, job_id)
+    if body is None:  # deleted meanwhile
+        raise not_found(job_id)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ended else 202)
 
 

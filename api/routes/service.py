@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 from pipewave.api.auth import COOKIE, token_matches
 from pipewave.api.deps import ManagerDep
 from pipewave.api.models import Health
+from pipewave.service.cluster.status import connected
 
 open_router = APIRouter(tags=["service"])  # no token needed
 router = APIRouter(tags=["service"])
@@ -19,9 +20,7 @@ router = APIRouter(tags=["service"])
 
 @open_router.get("/healthz", response_model=Health)
 def healthz(manager: ManagerDep) -> Health:
-    import ray
-
-    return Health(status="ok", ray=ray.is_initialized())
+    return Health(status="ok", ray=connected())
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pipewave.service.cluster import ray_private
 from pipewave.service.planning.partition import Slot
 
 logger = logging.getLogger(__name__)
@@ -45,14 +46,22 @@ def _cpu_model() -> str:
 
 
 def draining_node_ids() -> set[str]:
-    """Nodes Ray is draining (autoscaler scale-down, preemption notice, ``pipewave drain``)."""
-    import ray
+    """Nodes Ray is draining (autoscaler scale-down, preemption notice, ``pipewave drain``).
+    Raises ``ray_private.RayApiChanged`` where Ray no longer answers as pipewave expects: drain
+    detection never switches itself off in silence."""
+    return set(ray_private.draining_nodes())
 
-    try:  # {node id hex: deadline ms}; Ray's own accessor (no public API in 2.60)
-        return set(ray._private.state.state.get_draining_nodes())
-    except Exception:  # an older GCS without the call: no drain notices
-        logger.debug("cannot read draining nodes", exc_info=True)
-        return set()
+
+def static_kind(labels: Mapping[str, Any], resources: Mapping[str, Any]) -> str | None:
+    """A node's kind where Ray's node table tells it (its label, else its GPU model); None for
+    a CPU node without the label (its kind needs a probe on the node)."""
+    label = labels.get(KIND_LABEL)
+    if label:
+        return str(label)
+    gpu_models = sorted(k.split(":", 1)[1] for k in resources if k.startswith("accelerator_type:"))
+    if resources.get("GPU", 0) > 0 and gpu_models:
+        return f"gpu:{gpu_models[0]}"
+    return None
 
 
 def cluster_nodes(probe_timeout_s: float = 30.0, exclude: set[str] | None = None) -> list[NodeInfo]:
@@ -68,13 +77,10 @@ def cluster_nodes(probe_timeout_s: float = 30.0, exclude: set[str] | None = None
     probes: dict[str, Any] = {}
     probe = ray.remote(num_cpus=0)(_cpu_model)
     for n in alive:
-        node_id, res = str(n["NodeID"]), n.get("Resources", {})
-        label = (n.get("Labels") or {}).get(KIND_LABEL)
-        gpu_models = sorted(k.split(":", 1)[1] for k in res if k.startswith("accelerator_type:"))
-        if label:
-            kinds[node_id] = str(label)
-        elif res.get("GPU", 0) > 0 and gpu_models:
-            kinds[node_id] = f"gpu:{gpu_models[0]}"
+        node_id = str(n["NodeID"])
+        kind = static_kind(n.get("Labels") or {}, n.get("Resources", {}))
+        if kind is not None:
+            kinds[node_id] = kind
         else:
             probes[node_id] = probe.options(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote()

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from pipewave.service.cluster import ray_private
 from pipewave.service.cluster.nodes import draining_node_ids
 from pipewave.service.planning.partition import InfeasibleError, LayerCost, Link, Slot
 from pipewave.service.planning.planner import JobPlan, plan_job
@@ -144,7 +145,6 @@ def drain_node(node_id: str, deadline_s: float | None = None,
     jobs see it as draining and move their stages before it goes). ``deadline_s``: when the node
     will be gone (none: no deadline)."""
     import ray
-    from ray.core.generated import autoscaler_pb2
 
     if not re.fullmatch(r"[0-9a-fA-F]{56}", node_id):  # 28 bytes, as `ray list nodes` shows
         raise DrainError(f"not a Ray node id (56 hex digits): {node_id!r}")
@@ -155,9 +155,6 @@ def drain_node(node_id: str, deadline_s: float | None = None,
     if "node:__internal_head__" in nodes[node.hex()].get("Resources", {}):
         raise DrainError(f"{node_id} is the head node: it runs Ray's control plane and cannot be drained")
     deadline_ms = 0 if deadline_s is None else int((time.time() + deadline_s) * 1000)
-    # what `ray drain-node` does (Ray 2.60 has no public Python API for it)
-    gcs = ray._raylet.GcsClient(address=ray.get_runtime_context().gcs_address)  # type: ignore[attr-defined]
-    reason = autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")  # type: ignore[attr-defined]
-    accepted, why = gcs.drain_node(node.hex(), reason, message, deadline_ms)
+    accepted, why = ray_private.drain_node(node.hex(), deadline_ms, message)
     if not accepted:
         raise DrainError(f"Ray refused to drain {node_id}: {why}")

@@ -61,12 +61,16 @@ class JobError(RuntimeError):
     """A job that cannot go on; the message is one readable line."""
 
 
+STAGES_READY = "stages-ready"  # Event.topic of "N stages ready"; data["stages"]: where each runs
+
+
 @dataclass(frozen=True)
 class Event:
     time: float
-    kind: str  # state | checkpoint | error | info
+    kind: str  # what users see it as: state | plan | checkpoint | error | info | ...
     message: str
     data: dict[str, Any] = field(default_factory=dict)
+    topic: str | None = None  # what it reports, for code that acts on it (STAGES_READY)
 
 
 @dataclass
@@ -258,8 +262,8 @@ class JobBase:
                 logger.debug("cannot withdraw the autoscaler request", exc_info=True)
         self._emit("state", f"{new.value}: {reason}", state=new.value)
 
-    def _emit(self, kind: str, message: str, **data: Any) -> None:
-        ev = Event(time.time(), kind, message, data)
+    def _emit(self, kind: str, message: str, topic: str | None = None, **data: Any) -> None:
+        ev = Event(time.time(), kind, message, data, topic)
         self.events.append(ev)
         if self.on_event:
             self.on_event(ev)

@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 from pipewave.service.control import checkpoint as ckpt
-from pipewave.service.control.job import JobBase, JobError, stage_bundle
+from pipewave.service.control.job import STAGES_READY, JobBase, JobError, stage_bundle
 from pipewave.service.planning.partition import Partition
 from pipewave.service.spec import JobSpec
 from pipewave.workers.stage import StageWorker
@@ -72,7 +72,7 @@ class StagesMixin(JobBase):
                 timeout=self.opts.ready_timeout_s)
         where = ", ".join(f"{i['stage']}: layers {describe(i['chunks'])} on {i['device']}"
                           for i in infos)
-        self._emit("info", f"{S} stages ready ({where})", stages=[
+        self._emit("info", f"{S} stages ready ({where})", topic=STAGES_READY, stages=[
             {k: i[k] for k in ("stage", "layers", "chunks", "node_id", "device", "params")}
             for i in infos])
 

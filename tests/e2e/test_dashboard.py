@@ -97,8 +97,8 @@ def stored_chunked_job(server: Server) -> tuple[str, Any]:
     straight into the server's store (SUCCEEDED: the dispatcher leaves it alone); returns its id
     and its timeline."""
     from pipewave.api.db import JobRow
-    from pipewave.api.manager import stage_placement, timeline_of
     from pipewave.api.store import JobStore, new_job_id
+    from pipewave.api.views import stage_placement, timeline_of
     from pipewave.service.schedules import make_schedule
     from sqlalchemy.orm import Session
 

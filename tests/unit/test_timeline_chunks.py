@@ -10,8 +10,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from fastapi.testclient import TestClient
-from pipewave.api.manager import stage_placement, timeline_of
 from pipewave.api.models import StageOnNode, StagePlacement, Timeline
+from pipewave.api.views import stage_placement, timeline_of
 from pipewave.service.schedules import Action, Kind, make_schedule
 
 TOKEN = "test-token-0123456789abcdef"
