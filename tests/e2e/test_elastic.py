@@ -16,6 +16,7 @@ import torch
 from harness import autoscaler_request
 from pipewave.service.control.checkpoint import load_model_state
 from pipewave.service.control.controller import ControllerOptions, JobController, JobState
+from pipewave.service.control.job import STAGES_READY
 from pipewave.service.control.elastic import NodeState, Watcher, usable_nodes
 from ray_nodes import add_workers, run_killing
 
@@ -324,7 +325,7 @@ def test_hanayo_job_grows_from_2_to_3_workers(cluster: Any, workers: list[Any], 
     assert len(move["before"]) == 4 and len(move["after"]) == 6  # chunks: 2 per worker
     assert move["verified"] and 6 <= k < 24
     # after the move each worker holds chunks w and 5 - w of the 6 (the V of one wave)
-    ready = [e.data["stages"] for e in ctl.events if e.kind == "info" and "stages" in e.data][-1]
+    ready = [e.data["stages"] for e in ctl.events if e.topic == STAGES_READY][-1]
     part = [tuple(b) for b in ctl.partition]
     assert [[tuple(c) for c in st["chunks"]] for st in ready] == [[part[w], part[5 - w]] for w in range(3)]
     assert [m.step for m in ctl.metrics] == list(range(1, 25))  # nothing skipped, nothing twice

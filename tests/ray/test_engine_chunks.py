@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import reference as ref
 from pipewave.service.control.checkpoint import load_model_state, read_manifest
+from pipewave.service.control.job import STAGES_READY
 from pipewave.service.planning.partition import uniform
 from pipewave.service.schedules import make_schedule, simulate
 from pipewave.workers.models import num_layers
@@ -32,7 +33,7 @@ def test_chunked_schedules_equal_unpipelined_training(schedule, extra, make_spec
     placement = spec.placement()
     # the layers cut into P x V equal chunks, each worker holding the ones its placement names
     assert tuple(tuple(b) for b in ctl.partition) == uniform(num_layers(spec.model), P * V)
-    (ready,) = [e for e in ctl.events if e.kind == "info" and "stages" in e.data]
+    (ready,) = [e for e in ctl.events if e.topic == STAGES_READY]
     held = [[tuple(c) for c in st["chunks"]] for st in ready.data["stages"]]
     assert held == [[ctl.partition[v] for v in placement.workers[w]] for w in range(P)]
     # every action of every chunk ran; each microbatch's F and B on every chunk used version t
