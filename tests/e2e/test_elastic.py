@@ -16,8 +16,8 @@ import torch
 from harness import autoscaler_request
 from pipewave.service.control.checkpoint import load_model_state
 from pipewave.service.control.controller import ControllerOptions, JobController, JobState
-from pipewave.service.control.job import STAGES_READY
 from pipewave.service.control.elastic import NodeState, Watcher, usable_nodes
+from pipewave.service.control.job import STAGES_READY
 from ray_nodes import add_workers, run_killing
 
 pytestmark = pytest.mark.ray
