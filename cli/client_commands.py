@@ -22,20 +22,17 @@ import typer
 import yaml
 from pipewave.cli.app import err_console, error_text, fail, interrupted
 from pipewave.cli.client import ApiClient, ClientError, one_line, resolve_connection
+from pipewave.cli.client_views import STATES, TERMINAL, num, print_job, print_jobs
 from rich.markup import escape
 
 logger = logging.getLogger(__name__)
 
-STATES = ("QUEUED", "STARTING", "RUNNING", "REBALANCING", "SUCCEEDED", "FAILED", "CANCELLED")
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 STREAM_ONLY = frozenset({"metrics", "timeline"})  # event kinds without a stored sequence number
 SHOWN_KINDS = frozenset({"rebalance", "recovery", "checkpoint"})
 RECONNECTS = 3  # event stream drops in a row before falling back to polling
 POLL_FAILURES = 5  # failed polls in a row before giving up
 POLL_S = 2.0
 LOG_POLL_S = 1.0
-STATE_STYLE = {"RUNNING": "green", "REBALANCING": "yellow", "STARTING": "cyan", "QUEUED": "dim",
-               "SUCCEEDED": "bold green", "FAILED": "bold red", "CANCELLED": "magenta"}
 
 UrlOpt = Annotated[str | None, typer.Option(
     "--url", help="server URL (default $PIPEWAVE_URL, else http://127.0.0.1:8000)")]
@@ -98,7 +95,7 @@ def jobs(
     if as_json:
         _print_json(page)
     else:
-        _print_jobs(page)
+        print_jobs(page)
 
 
 def status(job_id: JobIdArg, as_json: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
@@ -108,7 +105,7 @@ def status(job_id: JobIdArg, as_json: JsonOpt = False, url: UrlOpt = None, token
     if as_json:
         _print_json(job)
     else:
-        _print_job(job)
+        print_job(job)
 
 
 def cancel(job_id: JobIdArg, as_json: JsonOpt = False, url: UrlOpt = None, token: TokenOpt = None) -> None:
@@ -201,7 +198,7 @@ def _finish(job: dict[str, Any], quiet: bool) -> None:
     state = job["state"]
     if state == "SUCCEEDED":
         if not quiet:
-            loss = _num(job.get("loss"))
+            loss = num(job.get("loss"))
             print(f"{job['id']} SUCCEEDED: step {job.get('step')}/{job.get('steps')}, loss {loss}")
         return
     if state == "FAILED":
@@ -233,7 +230,7 @@ class _Follower:
                             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
                             TimeRemainingColumn(), console=err_console, disable=quiet)
         self.task = self.bar.add_task(escape(str(job.get("name") or self.job_id)), total=job.get("steps"),
-                                      completed=job.get("step") or 0, loss=_num(job.get("loss")), rate="")
+                                      completed=job.get("step") or 0, loss=num(job.get("loss")), rate="")
 
     def run(self) -> dict[str, Any]:
         with self.bar:
@@ -317,7 +314,7 @@ class _Follower:
             time.sleep(POLL_S)
 
     def _progress(self, step: Any, loss: Any, rate: Any) -> None:
-        fields: dict[str, Any] = {"loss": _num(loss)}
+        fields: dict[str, Any] = {"loss": num(loss)}
         if isinstance(rate, int | float):
             fields["rate"] = f"{rate:.1f} samples/s"
         if isinstance(step, int):
@@ -354,99 +351,3 @@ def _read_log(client: ApiClient, job_id: str, offset: int) -> tuple[str, int]:
             return "".join(parts), max(nxt, offset)
         parts.append(text)
         offset = nxt
-
-
-# ----------------------------------------------------------------------------- rendering
-
-
-def _num(x: Any, fmt: str = ".4f") -> str:
-    return format(x, fmt) if isinstance(x, int | float) else "-"
-
-
-def _opt(x: Any) -> str:
-    return "-" if x is None else escape(str(x))
-
-
-def _age(t: Any) -> str:
-    if not isinstance(t, int | float):
-        return "-"
-    s = max(0.0, time.time() - t)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s / size:.0f}{unit}"
-    return f"{s:.0f}s"
-
-
-def _when(t: Any) -> str:
-    if not isinstance(t, int | float):
-        return "-"
-    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(t))} ({_age(t)} ago)"
-
-
-def _styled_state(state: str) -> str:
-    style = STATE_STYLE.get(state)
-    return f"[{style}]{state}[/{style}]" if style else escape(state)
-
-
-def _layers(span: Any) -> str:
-    if not (isinstance(span, list) and len(span) == 2):
-        return "-"
-    first, end = span
-    return f"{first}" if end - first == 1 else f"{first}-{end - 1}"
-
-
-def _print_jobs(page: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    items = page.get("items") or []
-    t = Table(caption=f"{len(items)} of {page.get('total', len(items))} jobs", caption_justify="left")
-    for col in ("id", "name", "state", "step", "loss", "samples/s", "stages", "age"):
-        t.add_column(col, justify="right" if col in ("step", "loss", "samples/s", "stages") else "left")
-    for j in items:
-        t.add_row(escape(str(j.get("id"))), escape(str(j.get("name"))), _styled_state(str(j.get("state"))),
-                  f"{j.get('step') or 0}/{j.get('steps') or '-'}", _num(j.get("loss")),
-                  _num(j.get("samples_per_s"), ".1f"), str(j.get("stages") or "-"), _age(j.get("created_at")))
-    Console().print(t)
-
-
-def _print_job(j: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    t = Table(title=escape(f"{j.get('id')} ({j.get('name')})"), show_header=False)
-    for key, value in _job_rows(j):
-        t.add_row(key, value)
-    console.print(t)
-    placement = j.get("placement") or []
-    if placement:
-        p = Table(title="placement")
-        for col in ("stage", "layers", "node", "device"):
-            p.add_column(col)
-        for s in placement:
-            p.add_row(str(s.get("stage")), _layers(s.get("layers")), escape(str(s.get("node_id") or "-")),
-                      escape(str(s.get("device") or "-")))
-        console.print(p)
-
-
-def _job_rows(j: dict[str, Any]) -> list[tuple[str, str]]:
-    state, phase = str(j.get("state")), str(j.get("phase"))
-    progress = j.get("progress")
-    rows = [("state", _styled_state(state) + (f" (phase {escape(phase)})" if phase != state else "")),
-            ("reason", escape(str(j.get("reason") or "-"))),
-            ("progress", f"step {j.get('step') or 0}/{j.get('steps') or '-'}"
-                         + (f" ({progress:.1%})" if isinstance(progress, int | float) else "")),
-            ("loss", _num(j.get("loss"))),
-            ("samples/s", _num(j.get("samples_per_s"), ".2f")),
-            ("stages / microbatches", f"{j.get('stages') or '-'} / {j.get('microbatches') or '-'}"),
-            ("schedule", escape(str((j.get("spec") or {}).get("schedule", "-")))),
-            ("slots", _opt(j.get("slots"))),
-            ("checkpoint step", _opt(j.get("checkpoint_step"))),
-            ("created", _when(j.get("created_at"))), ("started", _when(j.get("started_at"))),
-            ("finished", _when(j.get("finished_at")))]
-    if j.get("queue_position") is not None:
-        rows.insert(2, ("queue position", str(j["queue_position"])))
-    if j.get("cancel_requested") and state not in TERMINAL:
-        rows.insert(1, ("cancel", "requested"))
-    return rows
