@@ -86,3 +86,10 @@ def test_conftest_is_imported_once_and_keeps_pipewave_home() -> None:
     assert home == HOME_AT_COLLECTION
     assert Path(home).is_dir() and Path(home).parent == Path(tempfile.gettempdir())
     assert Path(home).name.startswith("pipewave-tests-")
+
+
+def test_test_file_names_are_unique_across_lanes() -> None:
+    """pytest imports each test file by its base name (rootdir-relative folders have no
+    __init__.py), so two lanes' test_x.py would collide at collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
