@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from pipewave.service.cluster.nodes import NodeInfo, cluster_nodes
-
-NODES = [NodeInfo("n1", "cpu:old", 2.0, 0.0, 8 * 2**30), NodeInfo("n2", "cpu:old", 2.0, 0.0, None),
-         NodeInfo("n3", "cpu:new", 1.0, 0.0, 4 * 2**30)]
+from pipewave.service.cluster.nodes import cluster_nodes
 
 
 @pytest.mark.ray

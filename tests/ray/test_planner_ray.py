@@ -11,28 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 from pipewave.service.cluster.nodes import cluster_nodes, slots_of
-from pipewave.service.planning.partition import LayerCost, Slot
 from pipewave.service.planning.planner import plan_job, render_plan
 
 ROOT = Path(__file__).resolve().parents[2]
-GPT = {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_layers": 8, "n_heads": 2, "seq_len": 16}
-NAMES = ["embed", *(f"block{i}" for i in range(8)), "head"]
-
-
-def gpt_layers(head: float = 3.0) -> list[LayerCost]:
-    """The GPT shape: a tiny embedding, 8 equal blocks (1 ms fwd + 2 ms bwd), a heavy head."""
-    embed = LayerCost(1e-4, 2e-4, 4_000, 1_000, 1_000)
-    block = LayerCost(1e-3, 2e-3, 50_000, 10_000, 1_000)
-    last = LayerCost(head * 1e-3, head * 2e-3, 200_000, 40_000, 1_000)
-    return [embed, *[block] * 8, last]
-
-
-def slots(n: int, budget: int | None = None) -> list[Slot]:
-    return [Slot(f"node{i}", 1.0, budget) for i in range(n)]
-
-
-def stage_times(layers: list[LayerCost], bounds) -> list[float]:
-    return [sum(c.forward_s + c.backward_s for c in layers[a:b]) for a, b in bounds]
 
 
 @pytest.mark.ray

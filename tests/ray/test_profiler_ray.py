@@ -5,9 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pipewave.service.planning.partition import LayerCost
 from pipewave.service.planning.profiler import (
-    Profile,
     ProfileCache,
     profile_cluster,
     profile_key,
@@ -21,15 +19,6 @@ TINY: dict[str, Any] = {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_laye
 
 def gpt(**overrides: Any) -> GPTSpec:
     return GPTSpec.model_validate({**TINY, **overrides})
-
-
-def total(costs: list[LayerCost]) -> float:
-    return sum(c.forward_s + c.backward_s for c in costs)
-
-
-def _profile(key: str = "k") -> Profile:
-    costs = (LayerCost(1e-3, 2e-3, 10, 20, 30), LayerCost(0.5, 0.25, 1, 2, 3))
-    return Profile(key, "cpu", costs, 123.5)
 
 
 @pytest.mark.ray
