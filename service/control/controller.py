@@ -1,14 +1,7 @@
 """The job controller: one per job, an explicit state machine driven by ``step()``.
 
-::
-
-    CREATED -> STARTING -> RUNNING
-    RUNNING -> CHECKPOINTING -> RUNNING              (a checkpoint boundary, steps remain)
-                             -> STOPPING -> SUCCEEDED (all steps done)
-    RUNNING -> REBALANCING -> RUNNING                (a live move: calibration, membership)
-    RUNNING -> RECOVERING -> RUNNING                 (elastic: stages died; restart at once)
-                          -> WAITING -> RUNNING      (too few usable nodes: wait for more)
-    any state but SUCCEEDED, FAILED, CANCELLED -> FAILED | CANCELLED
+The states and the transitions between them are data: ``control.states`` (its docstring draws
+the diagram).
 
 The controller plans the partition, places one stage actor per stage, runs the schedule in runs
 that end at checkpoint boundaries (async schedules drain there, so a checkpoint is a consistent
