@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+
 from pipewave.api import auth
 from pipewave.api.manager import JobManager
 from pipewave.api.prom import ServiceMetrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
+
 from pipewave.api.manager import JobManager
 from pipewave.api.settings import Settings
 from pipewave.api.store import JobStore

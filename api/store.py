@@ -14,6 +14,10 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
 from pipewave.api.db import CheckpointRow, EventRow, JobRow, MetricRow, TimelineRow, make_engine
 from pipewave.api.models import (
     PHASE_TO_STATE,
@@ -25,9 +29,6 @@ from pipewave.api.models import (
     StepPoint,
     Timeline,
 )
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
 
 class IdempotencyConflict(Exception):

@@ -54,10 +54,6 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
         sys.path.insert(0, str(REPO))
     import torch
     import torch.distributed as dist
-    from pipewave.service.planning.partition import uniform
-    from pipewave.service.spec import load_spec
-    from pipewave.workers.data import get_batch, load_corpus
-    from pipewave.workers.models import build_layers, loss_fn, num_layers
     from torch import nn
     from torch.distributed.pipelining import (
         PipelineStage,
@@ -65,6 +61,11 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
         ScheduleGPipe,
         ScheduleInterleaved1F1B,
     )
+
+    from pipewave.service.planning.partition import uniform
+    from pipewave.service.spec import load_spec
+    from pipewave.workers.data import get_batch, load_corpus
+    from pipewave.workers.models import build_layers, loss_fn, num_layers
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,

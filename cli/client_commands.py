@@ -20,10 +20,11 @@ from typing import Annotated, Any
 
 import typer
 import yaml
+from rich.markup import escape
+
 from pipewave.cli.app import err_console, error_text, fail, interrupted
 from pipewave.cli.client import ApiClient, ClientError, one_line, resolve_connection
 from pipewave.cli.client_views import STATES, TERMINAL, num, print_job, print_jobs
-from rich.markup import escape
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 import typer
+
 from pipewave.cli import client_commands, server_commands
 from pipewave.cli.app import app, err_console
 

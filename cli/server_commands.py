@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec
 
 import typer
-from pipewave.cli.app import err_console, error_text, fail
 from rich.console import Console
+
+from pipewave.cli.app import err_console, error_text, fail
 
 P = ParamSpec("P")
 
@@ -126,8 +127,9 @@ def train(
 
 
 def _train(spec: Any, out: Path, address: str | None, resume: bool, quiet: bool) -> dict[str, Any]:
-    from pipewave.service.cluster.runtime import disconnect
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pipewave.service.cluster.runtime import disconnect
 
     embedded = address is None
     _connect(address, spec.stages if spec.stages != "auto" else 1)
@@ -278,9 +280,10 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the service: REST API, dashboard and job queue (settings: PIPEWAVE_* env vars)."""
+    from pydantic import ValidationError
+
     from pipewave.api.settings import Settings
     from pipewave.service.spec import SpecError, load_spec
-    from pydantic import ValidationError
 
     try:
         overrides = {k: v for k, v in {"host": host, "port": port, "ray_address": address}.items()
@@ -297,6 +300,7 @@ def serve(
     logging.getLogger().handlers[0].setLevel(logging.INFO if verbose else logging.WARNING)
     _connect(settings.ray_address, settings.local_cpus)
     import uvicorn
+
     from pipewave.api.app import create_app
     from pipewave.api.dispatch import min_slots
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Annotated, Literal, TypedDict, get_args
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from pipewave.service.schedules import (
     ALL_SCHEDULE_NAMES,
     Placement,
@@ -18,7 +20,6 @@ from pipewave.service.schedules.registry import DEFAULT_CHUNKS, DEFAULT_WAVES
 from pipewave.service.schedules.traits import Option, taking
 from pipewave.workers.config import DataSettings, ModelSettings, OptimizerSettings, StageConfig
 from pipewave.workers.models import num_layers
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # the names of pipewave.service.schedules.TRAITS (spelled out for the type checker; checked below)
 ScheduleName = Literal["gpipe", "1f1b", "pipedream", "2bw", "interleaved-1f1b", "hanayo"]

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from harness import ensure_local_ray, new_spec, run_spec
 
 

@@ -14,6 +14,7 @@ RAY_CPUS = 4  # logical CPUs of the embedded cluster: enough for one 4-stage job
 
 def ensure_local_ray() -> None:
     import ray
+
     from pipewave.service.cluster.runtime import connect
 
     if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) == RAY_CPUS \

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from pipewave.workers.data import get_batch, load_corpus, microbatch
-from pipewave.workers.models import build_model, loss_fn, num_layers
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from pipewave.workers.data import get_batch, load_corpus, microbatch
+from pipewave.workers.models import build_model, loss_fn, num_layers
 
 ATOL, RTOL = 1e-5, 1e-4  # runtime (fused kernels, microbatches) vs reference (full batch)
 

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.func import functional_call
+
 from pipewave.workers import comm
 from pipewave.workers.actions import Action, Kind
 from pipewave.workers.config import StageConfig
@@ -32,8 +35,6 @@ from pipewave.workers.state import (
     merge_payloads,
     save_stage_file,
 )
-from torch import nn
-from torch.func import functional_call
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException
+
 from pipewave.api.deps import ManagerDep, NodeId, SettingsDep
 from pipewave.api.models import ClusterPublic, DrainPublic, DrainRequest
 from pipewave.api.views import cluster_view

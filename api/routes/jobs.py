@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sse_starlette.sse import EventSourceResponse
+
 from pipewave.api.deps import JobId, ManagerDep, SettingsDep, StoreDep, not_found
 from pipewave.api.dispatch import min_slots
 from pipewave.api.models import (
@@ -25,7 +27,6 @@ from pipewave.api.settings import Settings
 from pipewave.api.store import IdempotencyConflict, to_public
 from pipewave.api.views import public
 from pipewave.service.spec import JobSpec, TextData
-from sse_starlette.sse import EventSourceResponse
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

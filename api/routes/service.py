@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+
 from pipewave.api.auth import COOKIE, token_matches
 from pipewave.api.deps import ManagerDep
 from pipewave.api.models import Health

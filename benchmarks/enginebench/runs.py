@@ -114,6 +114,7 @@ def run_single(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     repo_on_path()
     t_start = time.time()
     import torch
+
     from pipewave.service.spec import load_spec
     from pipewave.workers.data import get_batch, load_corpus, microbatch
     from pipewave.workers.models import build_model, loss_fn

@@ -36,6 +36,7 @@ from functools import cached_property
 from typing import Any
 
 import ray
+
 from pipewave.service.cluster.nodes import cluster_nodes, slots_of
 from pipewave.service.cluster.runtime import pipewave_home
 from pipewave.service.control import checkpoint as ckpt

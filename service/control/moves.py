@@ -24,6 +24,8 @@ import time
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from pipewave.service.cluster.nodes import cluster_nodes, slots_of
 from pipewave.service.control.context import PendingMove
 from pipewave.service.control.elastic import Watcher, decide, observe, usable_nodes
@@ -31,7 +33,6 @@ from pipewave.service.control.job import JobError, _mean_per_stage
 from pipewave.service.control.stages import StagesMixin
 from pipewave.service.planning.planner import decide_rebalance
 from pipewave.workers.state import overlaps
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 logger = logging.getLogger("pipewave.service.control.controller")  # one logger for the whole controller
 

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import ray
+
 from pipewave.service.cluster.nodes import cluster_nodes, slots_of
 from pipewave.service.control import checkpoint as ckpt
 from pipewave.service.control.context import ReplicaRound, RestartPoint

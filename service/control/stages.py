@@ -11,17 +11,18 @@ import os
 from typing import Any
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
+
 from pipewave.service.control import checkpoint as ckpt
 from pipewave.service.control.job import STAGES_READY, JobBase, JobError, stage_bundle
 from pipewave.service.planning.partition import Partition
 from pipewave.service.spec import JobSpec
 from pipewave.workers.stage import StageWorker
 from pipewave.workers.state import describe, hull, overlaps, payload_chunks
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import (
-    NodeAffinitySchedulingStrategy,
-    PlacementGroupSchedulingStrategy,
-)
 
 logger = logging.getLogger("pipewave.service.control.controller")  # one logger for the whole controller
 

@@ -25,10 +25,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from pipewave.service.cluster.nodes import NodeInfo, cluster_nodes, kind_speeds, reference_kind
 from pipewave.service.planning.partition import LayerCost
 from pipewave.workers.models import ModelConfig, build_layers, layer_names, loss_fn, num_layers
-from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +230,7 @@ class _ProfilerActor:
 
     def __init__(self) -> None:
         import ray
+
         from pipewave.workers.state import keep_freed_memory
 
         keep_freed_memory()  # the heap as a stage worker keeps it (large tensors reuse memory)

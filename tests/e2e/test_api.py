@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from apiserver import TOKEN, Server, tiny_job, wait_for
 from harness import RAY_CPUS
 

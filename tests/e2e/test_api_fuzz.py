@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+
 from pipewave.api.app import create_app
 from pipewave.api.settings import Settings
 

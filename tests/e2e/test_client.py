@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from pipewave.cli.client import ApiClient, ClientError, parse_sse, resolve_connection
 from pipewave.cli.client_commands import register
-from typer.testing import CliRunner
 
 TOKEN = "test-token-0123456789"
 JOB = {"id": "j-1", "name": "tiny", "state": "RUNNING", "phase": "RUNNING", "step": 3, "steps": 10}

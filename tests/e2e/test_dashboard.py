@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from apiserver import TOKEN, Server, tiny_job, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -96,11 +97,12 @@ def stored_chunked_job(server: Server) -> tuple[str, Any]:
     """A finished 2-worker hanayo job (2 chunks per worker: virtual stages w and 3 - w) written
     straight into the server's store (SUCCEEDED: the dispatcher leaves it alone); returns its id
     and its timeline."""
+    from sqlalchemy.orm import Session
+
     from pipewave.api.db import JobRow
     from pipewave.api.store import JobStore, new_job_id
     from pipewave.api.views import stage_placement, timeline_of
     from pipewave.service.schedules import make_schedule
-    from sqlalchemy.orm import Session
 
     sched = make_schedule("hanayo", 2, 4, 1)
     reports = [SimpleNamespace(stage=s, spans=[(a, 50.0 + i, 50.9 + i) for i, a in enumerate(row) if a])

@@ -13,37 +13,16 @@ from typing import Any
 
 import pytest
 import torch
+
 from harness import autoscaler_request
 from pipewave.service.control.checkpoint import load_model_state
 from pipewave.service.control.controller import ControllerOptions, JobController, JobState
-from pipewave.service.control.elastic import NodeState, Watcher, usable_nodes
 from pipewave.service.control.job import STAGES_READY
 from ray_nodes import add_workers, run_killing
 
 pytestmark = pytest.mark.ray
 
 DEEP = {"kind": "gpt", "vocab_size": 256, "d_model": 64, "n_layers": 4, "n_heads": 2, "seq_len": 64}
-
-
-# ----------------------------------------------------------------------------- pure
-
-
-def test_watcher_needs_consecutive_observations() -> None:
-    a, ab = frozenset({"a"}), frozenset({"a", "b"})
-    w = Watcher(a, confirm=3)
-    assert w.feed(ab) is None and w.feed(ab) is None and w.feed(ab) == ab
-    assert w.current == ab and w.feed(ab) is None  # no change any more
-    # a flapping node never counts: the streak restarts whenever the view changes
-    seen = [w.feed(v) for v in (a, ab, a, ab, a, a)]
-    assert seen == [None, None, None, None, None, None]
-    assert w.feed(a) == a
-
-
-def test_usable_nodes_skip_dead_draining_and_cpu_less() -> None:
-    view = {"h": NodeState("h", True, False, 0.0), "d": NodeState("d", True, True, 1.0),
-            "x": NodeState("x", False, False, 0.0), "w": NodeState("w", True, False, 2.0)}
-    assert usable_nodes(view, 1.0) == {"w"}
-    assert usable_nodes(view, 4.0) == set()
 
 
 # ----------------------------------------------------------------------------- on a Cluster
@@ -197,6 +176,7 @@ def test_drain_command(cluster: Any, workers: list[Any]) -> None:
     import sys
 
     import ray
+
     from pipewave.service.cluster.nodes import draining_node_ids
 
     workers += add_workers(cluster, 1)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from apiserver import TOKEN, Server, tiny_job
 
 ROOT = Path(__file__).resolve().parents[2]

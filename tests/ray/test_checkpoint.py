@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import reference as ref
 import torch
+
+import reference as ref
 from pipewave.service.control.checkpoint import load_model_state, read_manifest
 from pipewave.service.spec import JobSpec
 from pipewave.workers.models import build_model

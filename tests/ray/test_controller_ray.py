@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import ray
+
 from harness import ensure_local_ray
 from pipewave.service.control.controller import ControllerOptions, JobController, JobState
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 import reference as ref
 from pipewave.service.control.checkpoint import load_model_state, read_manifest
 from pipewave.service.control.job import STAGES_READY

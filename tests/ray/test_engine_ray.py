@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 import reference as ref
 from pipewave.service.control.checkpoint import load_model_state
 from pipewave.workers.models import num_layers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pipewave.service.cluster.nodes import cluster_nodes
 
 

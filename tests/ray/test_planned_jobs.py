@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from pipewave.service.control.checkpoint import load_model_state
 from pipewave.service.control.controller import ControllerOptions, JobController
 from pipewave.service.planning.partition import uniform

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from pipewave.service.cluster.nodes import cluster_nodes, slots_of
 from pipewave.service.planning.planner import plan_job, render_plan
 

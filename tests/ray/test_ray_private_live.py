@@ -5,6 +5,7 @@ Ray upgrade that changes one fails here, by name (``RayApiChanged``), before a j
 from __future__ import annotations
 
 import ray
+
 from pipewave.service.cluster import ray_private
 from pipewave.service.cluster.status import node_statuses
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from harness import new_spec as make_spec
 from harness import run_spec as run_job
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 from fastapi import HTTPException
-from pipewave.api.auth import COOKIE, CSRF_HEADER, bearer, check, token_matches
 from starlette.requests import Request
+
+from pipewave.api.auth import COOKIE, CSRF_HEADER, bearer, check, token_matches
 
 TOKEN = "s3cret-token"
 

@@ -5,6 +5,7 @@ spec's rules for them."""
 from __future__ import annotations
 
 import pytest
+
 from pipewave.service.planning.chunk_partition import plan_chunked
 from pipewave.service.planning.partition import InfeasibleError, LayerCost, Link, Slot, worker_layout
 from pipewave.service.planning.planner import (

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from pipewave.cli.client import pipewave_home, resolve_connection
 from pipewave.cli.client_commands import register
-from typer.testing import CliRunner
 
 
 @pytest.fixture

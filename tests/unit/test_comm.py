@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from pipewave.workers import comm
 from pipewave.workers.comm import ACT, GRAD, TAG_SPACE, Mailbox, free_port, tag
 

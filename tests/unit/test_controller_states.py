@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import ray
+
 from harness import new_spec
 from pipewave.service.control import moves
 from pipewave.service.control.controller import (

@@ -11,6 +11,7 @@ import re
 import subprocess
 
 import pytest
+
 from deploykit import DEPLOY, ROOT, pins, split_image, tool
 
 API_PORT = 8000

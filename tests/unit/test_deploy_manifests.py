@@ -21,6 +21,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from deploykit import (
     DEPLOY,
     OVERLAYS,
@@ -35,7 +37,6 @@ from deploykit import (
     quantity,
     split_image,
 )
-from pydantic import ValidationError
 
 RAY_PORTS = {6379, 8265, 10001, 8080, 52365, 8076, 8077, 44217, 44227}  # + workers 10002-19999
 API_PORT = 8000

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from harness import new_spec
 from pipewave.api.dispatch import MAX_REQUEST, cap, min_slots, scale_request
 from pipewave.api.feed import Feed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from pipewave.service.control.metrics import JobSummary, RunFigures, StepMetrics, run_figures, step_metrics
 from pipewave.workers.actions import Action, Kind
 from pipewave.workers.stage import RunReport

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from pipewave.workers import models
 
 GPT = SimpleNamespace(kind="gpt", vocab_size=256, d_model=32, n_layers=3, n_heads=4, seq_len=16)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from pipewave.service.cluster.nodes import NodeInfo, kind_speeds, reference_kind, slots_of
 from pipewave.service.planning.partition import LayerCost, Link
 from pipewave.service.planning.planner import plan_job

@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+
 from pipewave.service.planning.cost import CostModel, stage_peaks
 from pipewave.service.planning.partition import (
     InfeasibleError,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from pipewave.service.planning.partition import InfeasibleError, LayerCost, Link, Slot, uniform
 from pipewave.service.planning.planner import (
     calibrated,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from pipewave.service.planning.partition import LayerCost
 from pipewave.service.planning.profiler import (
     Profile,

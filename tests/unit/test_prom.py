@@ -8,9 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
 from pipewave.api.prom import ServiceMetrics
 from pipewave.api.store import JobStore
-from prometheus_client.parser import text_string_to_metric_families
 
 MANAGER = SimpleNamespace(settings=SimpleNamespace(cpus_per_stage=2.0))
 

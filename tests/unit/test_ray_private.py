@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import ray
+
 from pipewave.service.cluster import nodes, ray_private
 from pipewave.service.cluster.ray_private import RayApiChanged
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import get_args
 
 import pytest
+
 from pipewave.service.planning.planner import AUTO_SCHEDULES
 from pipewave.service.schedules import (
     ALL_SCHEDULE_NAMES,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from pipewave.service.schedules import (
     SCHEDULE_NAMES,
     Action,

@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 
 import pytest
+
 from pipewave.service.spec import JobSpec
 from pipewave.workers.config import DataSettings, ModelSettings, OptimizerSettings, StageConfig
 from pipewave.workers.data import load_corpus

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from pipewave.workers import state
 from pipewave.workers.state import describe, hull, merge_payloads, overlaps, payload_chunks, save_stage_file
 

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from pipewave.api.db import make_engine
 from pipewave.api.models import StepPoint
 from pipewave.api.store import IdempotencyConflict, JobStore
@@ -61,8 +62,9 @@ def test_a_column_added_by_a_newer_version_is_added_in_place(tmp_path: Path) -> 
 
 
 def test_a_postgresql_url_uses_the_installed_driver(tmp_path: Path) -> None:
-    from pipewave.api.settings import Settings
     from sqlalchemy import create_engine
+
+    from pipewave.api.settings import Settings
 
     url = Settings(home=tmp_path, database_url="postgresql://pipewave@db.internal/pipewave").db_url
     assert url == "postgresql+psycopg://pipewave@db.internal/pipewave"

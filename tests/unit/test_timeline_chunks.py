@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from fastapi.testclient import TestClient
+
 from pipewave.api.models import StageOnNode, StagePlacement, Timeline
 from pipewave.api.views import stage_placement, timeline_of
 from pipewave.service.schedules import Action, Kind, make_schedule

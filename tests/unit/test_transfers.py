@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from pipewave.service.schedules import make_schedule
 from pipewave.service.schedules.transfers import order_mismatches, transfer_orders
 

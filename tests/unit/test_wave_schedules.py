@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
+
 from pipewave.service.schedules import (
     ALL_SCHEDULE_NAMES,
     CHUNKED_SCHEDULE_NAMES,
@@ -32,7 +34,6 @@ from pipewave.service.schedules.report import describe, render_report
 from pipewave.service.schedules.schedule import place
 from pipewave.service.spec import JobSpec
 from pipewave.workers.placement import Placement, looped, single, waves
-from pydantic import ValidationError
 
 WAVES = range(1, 5)
 CHUNKS = range(2, 5)
