@@ -6,9 +6,15 @@ imports conftest (which pytest imports once, itself).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 RAY_CPUS = 4  # logical CPUs of the embedded cluster: enough for one 4-stage job at a time
 
 
@@ -66,3 +72,32 @@ def autoscaler_request() -> list[dict[str, float]] | None:
 
     raw = _internal_kv_get(AUTOSCALER_RESOURCE_REQUEST_CHANNEL)
     return json.loads(raw) if raw else None
+
+
+def pipewave(*args: str, home: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m pipewave.cli ARGS`` from the repository root (``home``: its PIPEWAVE_HOME)."""
+    env = {**os.environ, "PIPEWAVE_HOME": str(home)} if home is not None else None
+    return subprocess.run([sys.executable, "-m", "pipewave.cli", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+TINY_GPT: dict[str, Any] = {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_layers": 2,
+                            "n_heads": 2, "seq_len": 16}
+
+
+def tiny_gpt(**overrides: Any):
+    """A GPTSpec of ``TINY_GPT`` with ``overrides``."""
+    from pipewave.service.spec import GPTSpec
+
+    return GPTSpec.model_validate({**TINY_GPT, **overrides})
+
+
+def plan_job_file(tmp_path: Path) -> Path:
+    """A 2-stage tiny GPT job for ``pipewave plan``, written to ``tmp_path/job.yaml``."""
+    spec = {"name": "p", "model": {"kind": "gpt", "vocab_size": 256, "d_model": 16, "n_layers": 2,
+                                   "n_heads": 2, "seq_len": 8},
+            "data": {"kind": "synthetic"}, "schedule": "1f1b", "stages": 2, "microbatches": 2,
+            "batch_size": 4}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness import pipewave
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def pipewave(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pipewave.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.mark.slow

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from harness import pipewave, plan_job_file
 from pipewave.service.cluster.nodes import cluster_nodes, slots_of
 from pipewave.service.planning.planner import plan_job, render_plan
 
@@ -46,25 +43,13 @@ def test_plan_a_profiled_tiny_gpt(ray_cluster, make_spec, tmp_path):
 # ----------------------------------------------------------------------------- CLI
 
 
-def pipewave(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PIPEWAVE_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "pipewave.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
 
 
-def job_file(tmp_path: Path) -> Path:
-    spec = {"name": "p", "model": {"kind": "gpt", "vocab_size": 256, "d_model": 16, "n_layers": 2,
-                                   "n_heads": 2, "seq_len": 8},
-            "data": {"kind": "synthetic"}, "schedule": "1f1b", "stages": 2, "microbatches": 2,
-            "batch_size": 4}
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 @pytest.mark.slow
 def test_cli_plan_json(tmp_path):
-    proc = pipewave("plan", str(job_file(tmp_path)), "--json", home=tmp_path)
+    proc = pipewave("plan", str(plan_job_file(tmp_path)), "--json", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["stages"] == 2 and data["microbatches"] == 2
@@ -74,7 +59,7 @@ def test_cli_plan_json(tmp_path):
 
 @pytest.mark.slow
 def test_cli_plan_unfittable(tmp_path):
-    proc = pipewave("plan", str(job_file(tmp_path)), "--auto", "--memory-fraction", "1e-9",
+    proc = pipewave("plan", str(plan_job_file(tmp_path)), "--auto", "--memory-fraction", "1e-9",
                     home=tmp_path)
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if "error" in ln]

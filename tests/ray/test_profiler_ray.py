@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from pipewave.service.planning.profiler import (
@@ -11,15 +9,7 @@ from pipewave.service.planning.profiler import (
     profile_cluster,
     profile_key,
 )
-from pipewave.service.spec import GPTSpec
 from pipewave.workers.models import num_layers
-
-TINY: dict[str, Any] = {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_layers": 2,
-                        "n_heads": 2, "seq_len": 16}
-
-
-def gpt(**overrides: Any) -> GPTSpec:
-    return GPTSpec.model_validate({**TINY, **overrides})
 
 
 @pytest.mark.ray

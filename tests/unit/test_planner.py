@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
+from harness import pipewave
 from pipewave.service.planning.partition import InfeasibleError, LayerCost, Link, Slot, uniform
 from pipewave.service.planning.planner import (
     calibrated,
@@ -206,20 +203,8 @@ def test_to_dict_and_render(make_spec):
 # ----------------------------------------------------------------------------- CLI
 
 
-def pipewave(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PIPEWAVE_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "pipewave.cli", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
 
 
-def job_file(tmp_path: Path) -> Path:
-    spec = {"name": "p", "model": {"kind": "gpt", "vocab_size": 256, "d_model": 16, "n_layers": 2,
-                                   "n_heads": 2, "seq_len": 8},
-            "data": {"kind": "synthetic"}, "schedule": "1f1b", "stages": 2, "microbatches": 2,
-            "batch_size": 4}
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def test_cli_plan_bad_spec(tmp_path):

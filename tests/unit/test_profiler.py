@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
+from harness import tiny_gpt
 from pipewave.service.planning.partition import LayerCost
 from pipewave.service.planning.profiler import (
     Profile,
@@ -14,15 +14,7 @@ from pipewave.service.planning.profiler import (
     profile_key,
     profile_layers,
 )
-from pipewave.service.spec import GPTSpec
 from pipewave.workers.models import build_layers, num_layers
-
-TINY: dict[str, Any] = {"kind": "gpt", "vocab_size": 256, "d_model": 32, "n_layers": 2,
-                        "n_heads": 2, "seq_len": 16}
-
-
-def gpt(**overrides: Any) -> GPTSpec:
-    return GPTSpec.model_validate({**TINY, **overrides})
 
 
 def total(costs: list[LayerCost]) -> float:
@@ -31,7 +23,7 @@ def total(costs: list[LayerCost]) -> float:
 
 @pytest.mark.parametrize("vocab", [256, 4096])
 def test_figures_are_real(vocab: int) -> None:
-    cfg, b = gpt(vocab_size=vocab), 4
+    cfg, b = tiny_gpt(vocab_size=vocab), 4
     costs = profile_layers(cfg, b, repeats=3, warmup=1)
     layers = build_layers(cfg, 0)
     assert len(costs) == num_layers(cfg) == len(layers)
@@ -47,14 +39,14 @@ def test_figures_are_real(vocab: int) -> None:
 
 
 def test_head_cost_grows_with_vocab() -> None:
-    small = profile_layers(gpt(vocab_size=256), 8, repeats=5, warmup=1)[-1]
-    large = profile_layers(gpt(vocab_size=4096), 8, repeats=5, warmup=1)[-1]
+    small = profile_layers(tiny_gpt(vocab_size=256), 8, repeats=5, warmup=1)[-1]
+    large = profile_layers(tiny_gpt(vocab_size=4096), 8, repeats=5, warmup=1)[-1]
     ratio = (large.forward_s + large.backward_s) / (small.forward_s + small.backward_s)
     assert ratio > 2.0, ratio
 
 
 def test_activation_bytes_grow_with_microbatch() -> None:
-    cfg = gpt()
+    cfg = tiny_gpt()
     one = profile_layers(cfg, 1, repeats=1, warmup=0)
     four = profile_layers(cfg, 4, repeats=1, warmup=0)
     for a, b in zip(one, four, strict=True):
@@ -64,7 +56,7 @@ def test_activation_bytes_grow_with_microbatch() -> None:
 
 
 def test_profiles_are_stable() -> None:
-    cfg = gpt(d_model=64, seq_len=32)
+    cfg = tiny_gpt(d_model=64, seq_len=32)
     first, second = profile_layers(cfg, 4, repeats=5), profile_layers(cfg, 4, repeats=5)
     a, b = total(first), total(second)
     assert abs(a - b) <= 0.5 * max(a, b), (a, b)
@@ -74,12 +66,12 @@ def test_profiles_are_stable() -> None:
 
 
 def test_profile_key() -> None:
-    cfg = gpt()
+    cfg = tiny_gpt()
     key = profile_key(cfg, 4, "cpu")
-    assert key == profile_key(gpt(), 4, "cpu")
+    assert key == profile_key(tiny_gpt(), 4, "cpu")
     assert key != profile_key(cfg, 8, "cpu")
     assert key != profile_key(cfg, 4, "NVIDIA H100")
-    assert key != profile_key(gpt(vocab_size=512), 4, "cpu")
+    assert key != profile_key(tiny_gpt(vocab_size=512), 4, "cpu")
 
 
 def _profile(key: str = "k") -> Profile:
