@@ -180,3 +180,14 @@ def server(ray_address: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     srv = Server(home, ray_address).start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """The URL of a loopback port that nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -6,7 +6,6 @@ No pipewave server and no Ray: a stdlib HTTP server on 127.0.0.1 answers as docs
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -141,14 +140,6 @@ def client(url: str) -> Iterator[ApiClient]:
     with ApiClient(url, TOKEN, timeout=5) as c:
         yield c
 
-
-@pytest.fixture
-def closed_url() -> str:
-    """The URL of a loopback port that nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def _error(call: Any) -> str:

@@ -3,7 +3,6 @@ where it finds the API token (where the service writes it)."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,6 @@ def cli() -> typer.Typer:
     register(app)
     return app
 
-
-@pytest.fixture
-def closed_url() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
 
 
 def _submit(app: typer.Typer, path: Path, url: str) -> Any:
