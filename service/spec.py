@@ -18,7 +18,8 @@ from pipewave.service.schedules import (
 )
 from pipewave.service.schedules.registry import DEFAULT_CHUNKS, DEFAULT_WAVES
 from pipewave.service.schedules.traits import Option, taking
-from pipewave.workers.config import DataSettings, ModelSettings, OptimizerSettings, StageConfig
+from pipewave.workers.config import DataSettings, OptimizerSettings, StageConfig
+from pipewave.workers.contract import ModelSettings
 from pipewave.workers.models import num_layers
 
 # the names of pipewave.service.schedules.TRAITS (spelled out for the type checker; checked below)
@@ -248,16 +249,24 @@ class JobSpec(_Strict):
 
     def stage_config(self) -> StageConfig:
         """What the stage actors of this resolved spec need to know (``StageWorker``'s config)."""
-        m, d, o = self.model, self.data, self.optimizer
+        d, o = self.data, self.optimizer
         return StageConfig(
-            model=ModelSettings(kind=m.kind, vocab_size=m.vocab_size, d_model=m.d_model,
-                                n_layers=m.n_layers, seq_len=m.seq_len,
-                                n_heads=m.n_heads if isinstance(m, GPTSpec) else None),
+            model=self.model_settings,
             data=DataSettings(kind=d.kind, path=d.path if isinstance(d, TextData) else None),
             optimizer=OptimizerSettings(kind=o.kind, lr=o.lr, betas=o.betas, eps=o.eps,
                                         weight_decay=o.weight_decay, momentum=o.momentum),
             seed=self.seed, batch_size=self.batch_size, num_microbatches=self.num_microbatches,
             schedule=self.traits.name, placement=self.placement())
+
+    @property
+    def seq_len(self) -> int:
+        """The sequence length the job trains at: the model's (gpt, mlp)."""
+        return self.model.seq_len
+
+    @property
+    def model_settings(self) -> ModelSettings:
+        """The model as the workers build it (``pipewave.workers.models.model_for``)."""
+        return ModelSettings.of(self.model.kind, self.model.model_dump(mode="json"), self.seq_len)
 
     @property
     def is_resolved(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from datetime import timedelta
 from typing import Any
 
@@ -56,25 +56,26 @@ class Mailbox:
     """Ordered point-to-point traffic of one stage for one schedule run.
 
     ``needs`` lists, in the order the stage will consume them, the (key, tag, peer) of the
-    messages it receives (``key``: how the stage asks for the message); receives are kept posted
+    messages it receives (``key``: how the stage asks for the message; ``buffer(key)``: an empty
+    tensor of the message's shape and dtype to receive it in); receives are kept posted
     up to ``depth`` messages ahead. ``depth=0`` posts each receive only when it is needed,
     keeping every operation in the schedule's order: NCCL runs point-to-point operations in
     issue order on one stream, so a receive posted early could wait in front of a send its peer
     needs first (gloo runs them independently).
 
     ``sender_order`` (per peer, the (key, tag) of its messages to this stage in the order it sends
-    them): match in the senders' order, as NCCL does (it ignores tags, and every message has the
-    same shape). Asking for a message posts the receives of that peer's messages up to it, in
+    them): match in the senders' order, as NCCL does (it ignores tags: a message of the same shape
+    would be silently swapped). Asking for a message posts the receives of that peer's messages up to it, in
     the peer's order; the earlier ones are kept until asked for. No deadlock comes of it: the
     peer sends those before the one asked for anyway. Needed wherever a stage consumes a peer's
     messages in another order than they were sent (hanayo's waves do).
     """
 
-    def __init__(self, needs: list[tuple[Hashable, int, int]], shape: tuple[int, ...],
-                 dtype: torch.dtype, device: torch.device, depth: int = 2,
+    def __init__(self, needs: list[tuple[Hashable, int, int]], buffer: Callable[[Hashable], torch.Tensor],
+                 depth: int = 2,
                  sender_order: dict[int, list[tuple[Hashable, int]]] | None = None) -> None:
         self.needs = needs
-        self.shape, self.dtype, self.device, self.depth = shape, dtype, device, depth
+        self.buffer, self.depth = buffer, depth
         self.next_post = 0
         self.posted: deque[tuple[Hashable, Any, torch.Tensor]] = deque()
         self.sends: deque[tuple[Any, torch.Tensor]] = deque()
@@ -90,7 +91,7 @@ class Mailbox:
     def _post_ahead(self, at_least: int = 0) -> None:
         while self.next_post < len(self.needs) and len(self.posted) < max(self.depth, at_least):
             key, tag, peer = self.needs[self.next_post]
-            buf = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            buf = self.buffer(key)
             work = dist.irecv(buf, src=peer, tag=tag)
             self.posted.append((key, work, buf))
             self.next_post += 1
@@ -118,7 +119,7 @@ class Mailbox:
             if not queue:
                 raise RuntimeError(f"mailbox: {key} is not among the messages still to come")
             k, tag = queue.popleft()
-            buf = torch.empty(self.shape, dtype=self.dtype, device=self.device)
+            buf = self.buffer(k)
             self.early[k] = (dist.irecv(buf, src=self.peer_of[k], tag=tag), buf)
         work, buf = self.early.pop(key)
         work.wait()

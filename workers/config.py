@@ -6,24 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipewave.workers.contract import ModelSettings
 from pipewave.workers.placement import Placement
 
 
 @dataclass(frozen=True)
-class ModelSettings:
-    """The model's shape (a ``pipewave.workers.models.ModelConfig``); ``n_heads``: gpt only."""
-
-    kind: str
-    vocab_size: int
-    d_model: int
-    n_layers: int
-    seq_len: int
-    n_heads: int | None = None
-
-
-@dataclass(frozen=True)
 class DataSettings:
-    """The corpus (a ``pipewave.workers.data.DataConfig``); ``path``: text data only."""
+    """The corpus (a ``pipewave.workers.data.DataConfig``); ``path``: text data (a file) and
+    tokens data (a dataset folder ``pipewave prepare`` wrote)."""
 
     kind: str
     path: str | None = None

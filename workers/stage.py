@@ -25,7 +25,7 @@ from pipewave.workers import comm
 from pipewave.workers.actions import Action, Kind
 from pipewave.workers.config import StageConfig
 from pipewave.workers.data import get_batch, load_corpus, microbatch
-from pipewave.workers.models import build_layers, loss_fn, num_layers
+from pipewave.workers.models import model_for
 from pipewave.workers.optim import OutOfPlaceOptimizer, Version
 from pipewave.workers.state import (
     Chunks,
@@ -35,6 +35,7 @@ from pipewave.workers.state import (
     merge_payloads,
     save_stage_file,
 )
+from pipewave.workers.tree import Layout, Tree, differentiable, leaves
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ class StageWorker:
         self.num_virtual = self.placement.num_virtual_stages
         self.virtual = list(self.placement.workers[stage])  # chunk -> virtual stage
         self.chunks: Chunks = tuple((int(a), int(b)) for a, b in chunks)
-        n = num_layers(config.model)
+        self.model = model_for(config.model)
+        n = self.model.num_layers()
         if len(self.chunks) != len(self.virtual):
             raise ValueError(f"stage {stage} of {num_stages} under {config.schedule} holds "
                              f"{len(self.virtual)} chunks, given {len(self.chunks)}")
@@ -112,7 +114,7 @@ class StageWorker:
         self.names: list[str] = []  # every parameter's global name, chunk after chunk
         self.param_slices: list[slice] = []  # chunk -> its parameters' positions in a version
         for a, b in self.chunks:
-            layers = build_layers(config.model, config.seed, range(a, b))
+            layers = self.model.build_layers(config.seed, range(a, b))
             module = nn.Sequential(
                 OrderedDict((str(i), layer) for i, layer in zip(range(a, b), layers, strict=True))
             ).to(self.device)
@@ -130,7 +132,10 @@ class StageWorker:
             self.corpus = load_corpus(config.data)
         self._batch: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.progress = Progress()
-        self.act_shape = (config.microbatch_size, config.model.seq_len, config.model.d_model)
+        # what crosses each chunk's edges: its input (layer a-1's output) and its output
+        bounds = self.model.boundaries(config.microbatch_size)
+        self.inputs = [Layout.of(bounds[a - 1]) if a > 0 else None for a, _ in self.chunks]
+        self.outputs = [Layout.of(bounds[b - 1]) for _, b in self.chunks]
 
     # -- control ---------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -307,27 +312,28 @@ class StageWorker:
             kinds = {"act": comm.ACT, "grad": comm.GRAD}
             order = {peer: [((kinds[k], mb, self.placement.locate(v)[1]), comm.tag(kinds[k], mb, v, N))
                             for k, mb, v in msgs] for peer, msgs in run.inbound.items()}
-        box = comm.Mailbox(self._needs(run.actions), self.act_shape, torch.float32, self.device,
+        box = comm.Mailbox(self._needs(run.actions), self._buffer,
                            depth=0 if self.device.type == "cuda" else 2, sender_order=order)
         report.matching = "tag" if order is None else "send order"
-        local: dict[tuple[int, int, int], torch.Tensor] = {}  # (kind, mb, chunk) -> handed over
+        local: dict[tuple[int, int, int], list[torch.Tensor]] = {}  # (kind, mb, chunk) -> leaves
         last_use = {base + a.version: i for i, a in enumerate(run.actions)}
         last_of_step = {run.first_step + a.microbatch // M: i for i, a in enumerate(run.actions)}
-        # (mb, chunk) -> (input, output, version)
-        stash: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, int]] = {}
+        # (mb, chunk) -> (input leaves that take gradients, output leaves that give them, version)
+        stash: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor], int]] = {}
         acc: list[torch.Tensor | None] = [None] * len(self.names)  # gradients since the update
         step_losses: dict[int, list[float]] = {}
 
-        def receive(kind: int, mb: int, c: int) -> torch.Tensor:
+        def receive(kind: int, mb: int, c: int) -> list[torch.Tensor]:
             got = local.pop((kind, mb, c), None)
-            return box.recv((kind, mb, c)) if got is None else got
+            return self._layout(kind, c).unpack(box.recv((kind, mb, c))) if got is None else got
 
-        def hand_on(t: torch.Tensor, kind: int, mb: int, virtual: int) -> None:
+        def hand_on(flat: list[torch.Tensor], kind: int, mb: int, virtual: int) -> None:
             worker, chunk = self._neighbour(virtual)
             if worker == s:
-                local[kind, mb, chunk] = t
-            else:
-                box.send(t, comm.tag(kind, mb, virtual, N), worker)
+                local[kind, mb, chunk] = flat
+            else:  # (packed by the layout the receiver unpacks with: the same boundary's)
+                layout = self._layout(kind, chunk, worker)
+                box.send(layout.pack(flat), comm.tag(kind, mb, virtual, N), worker)
 
         box.start()
         for i, a in enumerate(run.actions):
@@ -335,40 +341,50 @@ class StageWorker:
             v, module, own = self.virtual[c], self.modules[c], self.param_slices[c]
             if a.kind is Kind.F:
                 # ---- forward: input from the data (first virtual stage) or the previous one
+                x: Tree
                 if v == 0:  # (making the input from the data is work: busy)
                     t0, c0 = time.time(), cpu_clock()
                     x, _ = self._data(step, mb % M)
+                    xin: list[torch.Tensor] = []
                 else:  # (waiting for the previous stage is not)
-                    x = receive(comm.ACT, mb, c).requires_grad_()
+                    flat = [t.detach().requires_grad_(differentiable(t))
+                            for t in receive(comm.ACT, mb, c)]
+                    layout = self.inputs[c]
+                    assert layout is not None
+                    x, xin = layout.tree(flat), [t for t in flat if t.requires_grad]
                     t0, c0 = time.time(), cpu_clock()
                 vid = base + a.version
                 params = self.versions[vid][own]
                 out = functional_call(module, dict(zip(self.names[own], params, strict=True)), (x,))
                 if v == N - 1:
-                    out = loss_fn(out, self._data(step, mb % M)[1])
-                    report.losses[mb] = loss = out.item()
+                    loss_t = self.model.loss(out, self._data(step, mb % M)[1])
+                    report.losses[mb] = loss = loss_t.item()
                     step_losses.setdefault(step, []).append(loss)
+                    outs = [loss_t]
                 else:
-                    hand_on(out.detach(), comm.ACT, mb, v + 1)
-                stash[mb, c] = (x, out, vid)
+                    produced = leaves(out)
+                    hand_on([t.detach() for t in produced], comm.ACT, mb, v + 1)
+                    outs = [t for t in produced if differentiable(t)]
+                stash[mb, c] = (xin, outs, vid)
                 report.peak_activations = max(report.peak_activations, len(stash))
             else:
                 # ---- backward: gradient from the loss (last virtual stage) or the next one
-                x, out, vid = stash.pop((mb, c))
+                xin, outs, vid = stash.pop((mb, c))
                 # (the loss is seeded with the loss scale: 1/M when M microbatches make a step)
-                grad_out = torch.full_like(out, run.grad_scale) if v == N - 1 \
+                grad_out = [torch.full_like(outs[0], run.grad_scale)] if v == N - 1 \
                     else receive(comm.GRAD, mb, c)
                 t0, c0 = time.time(), cpu_clock()
                 params = self.versions[vid][own]
-                inputs = list(params) if v == 0 else [x, *params]
-                grads = torch.autograd.grad(out, inputs, grad_out)
+                live = [(o, g) for o, g in zip(outs, grad_out, strict=True) if o.requires_grad]
+                inputs = [*xin, *params]
+                grads = _zeros_for_unused(torch.autograd.grad(
+                    [o for o, _ in live], inputs, [g for _, g in live], allow_unused=True), inputs)
                 if v > 0:
-                    hand_on(grads[0], comm.GRAD, mb, v - 1)
-                    grads = grads[1:]
-                for k, g in zip(range(own.start, own.stop), grads, strict=True):
+                    hand_on(grads[:len(xin)], comm.GRAD, mb, v - 1)
+                for k, g in zip(range(own.start, own.stop), grads[len(xin):], strict=True):
                     prev = acc[k]
                     acc[k] = g if prev is None else prev.add_(g)
-                del x, out, grads
+                del xin, outs, grads, live
                 if a.update:
                     # ---- optimizer step over all chunks: a new immutable version
                     self._update(run, i, acc, stash, last_use, report)
@@ -392,8 +408,25 @@ class StageWorker:
             raise RuntimeError(f"stage {s}: run ended with hand-overs unused: {sorted(local)[:3]}")
         return report
 
+    def _layout(self, kind: int, chunk: int, worker: int | None = None) -> Layout:
+        """The wire layout of a ``kind`` message that ``chunk`` of ``worker`` (this one if None)
+        consumes: its input activation, or the gradients of its output."""
+        if worker is not None and worker != self.stage:  # a peer's chunk: its boundary is ours
+            v = self.placement.workers[worker][chunk]
+            mine = self.virtual.index(v - 1 if kind == comm.ACT else v + 1)
+            return self.outputs[mine] if kind == comm.ACT else _input_grads(self.inputs[mine])
+        if kind == comm.ACT:
+            layout = self.inputs[chunk]
+            assert layout is not None, "the first virtual stage receives no activations"
+            return layout
+        return self.outputs[chunk].grads()
+
+    def _buffer(self, key: Hashable) -> torch.Tensor:
+        kind, _, chunk = key  # type: ignore[misc]
+        return self._layout(kind, chunk).buffer(self.device)
+
     def _update(self, run: Run, i: int, acc: list[torch.Tensor | None],
-                stash: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, int]],
+                stash: dict[tuple[int, int], tuple[list[torch.Tensor], list[torch.Tensor], int]],
                 last_use: dict[int, int], report: RunReport) -> None:
         """One optimizer step after action ``i``: the latest version + the accumulated
         gradients of every chunk make the next version; stashed versions stay intact."""
@@ -419,6 +452,17 @@ class StageWorker:
         losses = step_losses.pop(step, None)
         loss = sum(losses) / len(losses) if losses else None
         self.progress = Progress(step=step + 1, loss=loss)
+
+
+def _input_grads(layout: Layout | None) -> Layout:
+    assert layout is not None, "the first virtual stage sends no gradients"
+    return layout.grads()
+
+
+def _zeros_for_unused(grads: Sequence[torch.Tensor | None],
+                      inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients, with zeros where an input did not reach the outputs (an unused leaf)."""
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]
 
 
 def _pick_device() -> torch.device:

@@ -29,7 +29,9 @@ from torch import Tensor
 
 from pipewave.service.cluster.nodes import NodeInfo, cluster_nodes, kind_speeds, reference_kind
 from pipewave.service.planning.partition import LayerCost
-from pipewave.workers.models import ModelConfig, build_layers, layer_names, loss_fn, num_layers
+from pipewave.workers.contract import ModelSettings, PipelineModel
+from pipewave.workers.models import model_for, settings_of
+from pipewave.workers.tree import Tree, differentiable, leaves
 
 logger = logging.getLogger(__name__)
 
@@ -67,23 +69,25 @@ def _saved_bytes(fn: Callable[[], Any], exclude: set[int]) -> tuple[Any, int]:
     return result, sum(seen.values())
 
 
-def _profile_one(layer: torch.nn.Module, inp: Tensor, targets: Tensor | None, repeats: int,
-                 warmup: int, device: torch.device) -> tuple[LayerCost, Tensor]:
-    """Time one layer's forward and backward (the head's with the loss); return its cost and
-    its detached output."""
+def _profile_one(layer: torch.nn.Module, inp: Tree, loss: Callable[[Tree], Tensor] | None,
+                 repeats: int, warmup: int, device: torch.device) -> tuple[LayerCost, Tree]:
+    """Time one layer's forward and backward (the last one's with the loss, ``loss``); return
+    its cost and its detached output (a tree of tensors)."""
     params = [p for p in layer.parameters() if p.requires_grad]
-    wrt = ([inp] if inp.requires_grad else []) + params
+    wrt = [t for t in leaves(inp) if t.requires_grad] + params
 
-    def forward() -> tuple[Tensor, Tensor]:  # (output, what the backward starts from)
+    def forward() -> tuple[Tree, list[Tensor]]:  # (output, what the backward starts from)
         out = layer(inp)
-        return out, (loss_fn(out, targets) if targets is not None else out)
+        return out, ([loss(out)] if loss is not None
+                     else [t for t in leaves(out) if differentiable(t) and t.requires_grad])
 
     fwd: list[float] = []
     bwd: list[float] = []
     for i in range(warmup + repeats):
         f_s, (_, res) = _timed(forward, device)
-        grad = torch.randn_like(res) if targets is None else None
-        b_s, _ = _timed(partial(torch.autograd.grad, res, wrt, grad_outputs=grad), device)
+        grads = None if loss is not None else [torch.randn_like(t) for t in res]
+        b_s, _ = _timed(partial(torch.autograd.grad, res, wrt, grad_outputs=grads,
+                                allow_unused=True), device)
         if i >= warmup:
             fwd.append(f_s)
             bwd.append(b_s)
@@ -94,24 +98,27 @@ def _profile_one(layer: torch.nn.Module, inp: Tensor, targets: Tensor | None, re
         backward_s=statistics.median(bwd),
         param_bytes=sum(p.numel() * p.element_size() for p in layer.parameters()),
         activation_bytes=act_bytes,
-        output_bytes=out.numel() * out.element_size(),
+        output_bytes=sum(t.numel() * t.element_size() for t in leaves(out)),
     )
-    return cost, out.detach()
+    return cost, torch.utils._pytree.tree_map(lambda t: t.detach(), out)
 
 
-def _profile_chain(layers: list[torch.nn.Module], cfg: ModelConfig, size: int, seed: int,
+def _profile_chain(layers: list[torch.nn.Module], model: PipelineModel, size: int, seed: int,
                    repeats: int, warmup: int, dev: torch.device) -> list[LayerCost]:
     """Every layer at a (size, seq_len) batch, each fed the previous layer's output."""
     gen = torch.Generator().manual_seed(seed)
-    shape = (size, cfg.seq_len)
-    x = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(dev)  # tokens
-    targets = torch.randint(0, cfg.vocab_size, shape, generator=gen).to(dev)
+    shape = (size, model.seq_len)
+    vocab = model.vocab_size or 2
+    x: Tree = torch.randint(0, vocab, shape, generator=gen).to(dev)  # tokens
+    targets = torch.randint(0, vocab, shape, generator=gen).to(dev)
     costs = []
     with torch.enable_grad():
         for i, layer in enumerate(layers):
-            inp = x.detach().requires_grad_(x.is_floating_point())
-            cost, x = _profile_one(layer, inp, targets if i == len(layers) - 1 else None, repeats,
-                                   warmup, dev)
+            inp = torch.utils._pytree.tree_map(
+                lambda t: t.detach().requires_grad_(differentiable(t)), x)
+            last = i == len(layers) - 1
+            cost, x = _profile_one(layer, inp, partial(model.loss, targets=targets) if last else None,
+                                   repeats, warmup, dev)
             costs.append(cost)
     return costs
 
@@ -122,7 +129,7 @@ def _fixed_part(t_big: float, t_small: float, big: int, small: int) -> float:
     return min(t_big, max(0.0, t_big - per_sample * big))
 
 
-def profile_layers(model_cfg: ModelConfig, microbatch_size: int, seed: int = 0, repeats: int = 5,
+def profile_layers(model_cfg: Any, microbatch_size: int, seed: int = 0, repeats: int = 5,
                    warmup: int = 2, device: str = "cpu") -> list[LayerCost]:
     """Measure every layer of ``model_cfg`` at a (microbatch_size, seq_len) batch on one thread,
     and at a quarter of that size (or 2 samples more, from 1) to split each time into its fixed
@@ -133,10 +140,11 @@ def profile_layers(model_cfg: ModelConfig, microbatch_size: int, seed: int = 0, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        layers = [layer.to(dev).train() for layer in build_layers(model_cfg, seed)]
-        costs = _profile_chain(layers, model_cfg, microbatch_size, seed, repeats, warmup, dev)
+        model = model_for(model_cfg)
+        layers = [layer.to(dev).train() for layer in model.build_layers(seed)]
+        costs = _profile_chain(layers, model, microbatch_size, seed, repeats, warmup, dev)
         other = max(1, microbatch_size // 4) if microbatch_size > 1 else 3
-        second = _profile_chain(layers, model_cfg, other, seed, repeats, warmup, dev)
+        second = _profile_chain(layers, model, other, seed, repeats, warmup, dev)
     finally:
         torch.set_num_threads(threads)
     (big, cb), (small, cs) = sorted([(microbatch_size, costs), (other, second)],
@@ -175,10 +183,12 @@ class Profile:
 
 
 def profile_key(model_cfg: Any, microbatch_size: int, device_kind: str) -> str:
-    """Stable hash of the model config (pydantic or mapping), microbatch shape and device kind."""
-    cfg = model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump") else dict(model_cfg)
-    names = layer_names(SimpleNamespace(**cfg))  # a change in how models cut is a new key
-    blob = json.dumps({"model": cfg, "layers": names, "shape": [microbatch_size, cfg.get("seq_len")],
+    """Stable hash of the model config (``ModelSettings``, pydantic or mapping), microbatch shape
+    and device kind."""
+    settings = settings_of(SimpleNamespace(**model_cfg) if isinstance(model_cfg, dict) else model_cfg)
+    cfg = settings.options
+    names = model_for(settings).layer_names()  # a change in how models cut is a new key
+    blob = json.dumps({"model": cfg, "layers": names, "shape": [microbatch_size, settings.seq_len],
                        "device": device_kind, "v": FORMAT_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -236,7 +246,7 @@ class _ProfilerActor:
         keep_freed_memory()  # the heap as a stage worker keeps it (large tensors reuse memory)
         self.device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
 
-    def profile(self, model_cfg: Any, microbatch_size: int, seed: int) -> list[LayerCost]:
+    def profile(self, model_cfg: ModelSettings, microbatch_size: int, seed: int) -> list[LayerCost]:
         return profile_layers(model_cfg, microbatch_size, seed, device=self.device)
 
 
@@ -258,10 +268,11 @@ def _profile_kind(spec: Any, cache: ProfileCache, node: NodeInfo) -> Profile:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    model, mbs = spec.model, spec.microbatch_size
+    model, mbs = spec.model_settings, spec.microbatch_size
+    n = model_for(model).num_layers()
     key = profile_key(model, mbs, node.kind)
     cached = cache.get(key)
-    if cached is not None and len(cached.layers) == num_layers(model):
+    if cached is not None and len(cached.layers) == n:
         return cached
     t0 = time.perf_counter()
     actor: Any = ray.remote(_ProfilerActor).options(
@@ -271,8 +282,8 @@ def _profile_kind(spec: Any, cache: ProfileCache, node: NodeInfo) -> Profile:
         layers = ray.get(actor.profile.remote(model, mbs, spec.seed))
     finally:
         ray.kill(actor)
-    if len(layers) != num_layers(model):
-        raise RuntimeError(f"profiler returned {len(layers)} layers, expected {num_layers(model)}")
+    if len(layers) != n:
+        raise RuntimeError(f"profiler returned {len(layers)} layers, expected {n}")
     profile = Profile(key, node.kind, tuple(layers), time.time())
     cache.put(profile)
     logger.info("profiled %s on %s (microbatch %d) in %.1f s", model.kind, node.kind, mbs,

@@ -80,7 +80,7 @@ NEEDS: list[tuple[Hashable, int, int]] = [(("F", 0), 10, 0), (("F", 1), 11, 0), 
 
 
 def box(needs: list[tuple[Hashable, int, int]] = NEEDS, **kw: Any) -> Mailbox:
-    return Mailbox(needs, (2,), torch.float32, CPU, **kw)
+    return Mailbox(needs, lambda _: torch.empty(2), **kw)
 
 
 def test_receives_are_posted_depth_ahead_in_the_consumers_order(fake: _Dist) -> None:
@@ -192,7 +192,7 @@ def _peer(rank: int, port: int, out: str) -> None:
     try:
         got: list[float] = []
         if rank == 0:
-            mb = Mailbox([(("B", m), tag(GRAD, m, 0, 2), 1) for m in range(3)], (4,), torch.float32, CPU)
+            mb = Mailbox([(("B", m), tag(GRAD, m, 0, 2), 1) for m in range(3)], lambda _: torch.empty(4))
             mb.start()
             for m in range(3):
                 mb.send(torch.full((4,), float(m)), tag(ACT, m, 1, 2), 1)
@@ -200,7 +200,7 @@ def _peer(rank: int, port: int, out: str) -> None:
         else:
             order = {0: [(("F", m), tag(ACT, m, 1, 2)) for m in range(3)]}
             needs: list[tuple[Hashable, int, int]] = [(("F", m), tag(ACT, m, 1, 2), 0) for m in (1, 0, 2)]
-            mb = Mailbox(needs, (4,), torch.float32, CPU, sender_order=order)
+            mb = Mailbox(needs, lambda _: torch.empty(4), sender_order=order)
             mb.start()
             for m in (1, 0, 2):
                 x = mb.recv(("F", m))

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipewave.service.spec import JobSpec
-from pipewave.workers.config import DataSettings, ModelSettings, OptimizerSettings, StageConfig
+from pipewave.workers.config import DataSettings, OptimizerSettings, StageConfig
+from pipewave.workers.contract import ModelSettings
 from pipewave.workers.data import load_corpus
 from pipewave.workers.models import build_layers, num_layers
 from pipewave.workers.placement import looped, single
@@ -27,7 +28,8 @@ def _spec(**kw: object) -> JobSpec:
 def test_built_from_the_spec_with_what_a_stage_reads() -> None:
     spec = _spec(schedule="interleaved-1f1b", chunks=2)
     cfg = spec.stage_config()
-    assert cfg.model == ModelSettings("gpt", 256, 32, 4, 128, n_heads=4)
+    assert cfg.model == ModelSettings.of("gpt", {"kind": "gpt", "vocab_size": 256, "d_model": 32,
+                                                 "n_layers": 4, "n_heads": 4, "seq_len": 128}, 128)
     assert cfg.data == DataSettings("stdlib")
     assert cfg.optimizer == OptimizerSettings("sgd", 0.1, (0.9, 0.999), 1e-8, 0.0, 0.5)
     assert (cfg.seed, cfg.batch_size, cfg.num_microbatches, cfg.microbatch_size) == (7, 8, 4, 2)
@@ -47,7 +49,7 @@ def test_mlp_and_text_data(tmp_path: Path) -> None:
                                    "data": {"kind": "text", "path": str(text)},
                                    "stages": 1, "microbatches": 2, "schedule": "gpipe"})
     cfg = spec.stage_config()
-    assert cfg.model.n_heads is None and cfg.placement == single(1)
+    assert "n_heads" not in cfg.model.options and cfg.placement == single(1)
     assert cfg.data == DataSettings("text", str(text))
     assert load_corpus(cfg.data).numel() == text.stat().st_size
 
