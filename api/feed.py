@@ -91,7 +91,7 @@ class Feed:
 def _layer_names(spec: JobSpec) -> list[str]:
     from pipewave.workers.models import layer_names
 
-    return list(layer_names(spec.model))
+    return list(layer_names(spec.model_settings))
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:

@@ -243,7 +243,7 @@ def plan(
     if as_json:
         print(json.dumps(chosen.to_dict(), indent=2))
     else:
-        print(render_plan(chosen, spec, layer_names(spec.model)))
+        print(render_plan(chosen, spec, layer_names(spec.model_settings)))
 
 
 @needs_server

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal, TypedDict, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from pipewave.service.schedules import (
     ALL_SCHEDULE_NAMES,
@@ -70,17 +70,74 @@ class MLPSpec(_Strict):
     seq_len: int = Field(32, ge=2, le=65_536)
 
 
+MAX_CONFIG_JSON = 65_536  # bytes of an inline model config (JSON): a config, not a payload
+PathField = Annotated[str, Field(min_length=1, max_length=4096)]
+SeqLen = Annotated[int, Field(ge=2, le=65_536)]
+
+
+def _bounded_config(config: dict[str, JsonValue] | None, what: str) -> None:
+    if config is not None and len(json.dumps(config)) > MAX_CONFIG_JSON:
+        raise ValueError(f"{what} is larger than {MAX_CONFIG_JSON} bytes of JSON")
+
+
+class TransformersSpec(_Strict):
+    """A Hugging Face transformers causal LM (``pipewave.workers.hf``): ``config`` inline
+    (``model_type`` and the config class's fields), ``pretrained`` a folder with ``config.json``
+    and ``*.safetensors`` (inside the data root), or both (``config`` overrides the folder's)."""
+
+    kind: Literal["transformers"]
+    config: dict[str, JsonValue] | None = None
+    pretrained: PathField | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> TransformersSpec:
+        if self.config is None and self.pretrained is None:
+            raise ValueError("a transformers model needs config (with model_type) or pretrained")
+        _bounded_config(self.config, "model.config")
+        if self.pretrained is None and "model_type" not in (self.config or {}):
+            raise ValueError("model.config needs model_type (e.g. llama, gpt2)")
+        return self
+
+
+class PluginSpec(_Strict):
+    """A model an installed plugin package registers (entry-point group ``pipewave.models``);
+    ``config`` is validated by the plugin's own schema."""
+
+    kind: Literal["plugin"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    config: dict[str, JsonValue] = {}
+
+    @model_validator(mode="after")
+    def _bounded(self) -> PluginSpec:
+        _bounded_config(self.config, "model.config")
+        return self
+
+
 class StdlibData(_Strict):
     kind: Literal["stdlib"]
+    seq_len: SeqLen | None = None
 
 
 class TextData(_Strict):
     kind: Literal["text"]
-    path: str = Field(min_length=1, max_length=4096)
+    path: PathField
+    seq_len: SeqLen | None = None
 
 
 class SyntheticData(_Strict):
     kind: Literal["synthetic"]
+    seq_len: SeqLen | None = None
+
+
+class TokensData(_Strict):
+    """A dataset folder ``pipewave prepare`` wrote (inside the data root)."""
+
+    kind: Literal["tokens"]
+    path: PathField
+    seq_len: SeqLen | None = None
+
+
+BYTE_DATA = ("stdlib", "text", "synthetic")  # data whose tokens are bytes (256 ids)
 
 
 class OptimizerSpec(_Strict):
@@ -113,8 +170,9 @@ class CheckpointSpec(_Strict):
     every_steps: int | None = Field(None, ge=1, le=10_000_000)
 
 
-ModelSpec = Annotated[GPTSpec | MLPSpec, Field(discriminator="kind")]
-DataSpec = Annotated[StdlibData | TextData | SyntheticData, Field(discriminator="kind")]
+ModelSpec = Annotated[GPTSpec | MLPSpec | TransformersSpec | PluginSpec, Field(discriminator="kind")]
+DataSpec = Annotated[StdlibData | TextData | SyntheticData | TokensData, Field(discriminator="kind")]
+BuiltinModel = GPTSpec | MLPSpec
 
 
 Auto = Literal["auto"]
@@ -148,18 +206,26 @@ class JobSpec(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     elastic: ElasticSpec | None = None
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    # start from these weights: a checkpoint folder (step-N, with manifest.json) or an exported
+    # model folder (``pipewave export``), inside the data root
+    init_from: PathField | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        layers = num_layers(self.model)
-        if self.model.vocab_size < 256:
-            raise ValueError(f"model.vocab_size ({self.model.vocab_size}) must be at least 256: "
-                             f"the data are bytes")
-        if self.stages != "auto" and self.stages > layers:
-            raise ValueError(
-                f"stages ({self.stages}) exceeds the model's {layers} layers "
-                f"(a stage needs at least one layer)"
-            )
+        m = self.model
+        if isinstance(m, BuiltinModel):
+            if self.data.kind in BYTE_DATA and m.vocab_size < 256:
+                raise ValueError(f"model.vocab_size ({m.vocab_size}) must be at least 256: "
+                                 f"the data are bytes")
+            if self.data.seq_len is not None and self.data.seq_len > m.seq_len:
+                raise ValueError(f"data.seq_len ({self.data.seq_len}) exceeds the model's seq_len "
+                                 f"({m.seq_len})")
+        elif self.data.seq_len is None and not (
+                isinstance(m, PluginSpec) and isinstance(m.config.get("seq_len"), int)):
+            raise ValueError(f"data.seq_len is needed: a {m.kind} model's config does not fix the "
+                             f"sequence length it trains at")
+        if isinstance(m, BuiltinModel):  # (other models' layers are counted by check_job)
+            self.check_layers(num_layers(m))
         if self.partition == "uniform" and "auto" in (self.stages, self.microbatches):
             raise ValueError("partition 'uniform' needs stages and microbatches given as numbers "
                              "(or use partition 'auto')")
@@ -189,6 +255,15 @@ class JobSpec(_Strict):
         if self.partition == "uniform" and "auto" in (self.schedule, self.chunks, self.waves):
             raise ValueError("partition 'uniform' needs the schedule (and its chunks or waves) given "
                              "(or use partition 'auto')")
+        return self
+
+    def check_layers(self, layers: int) -> None:
+        """The counts against the model's ``layers``: a stage (a chunk) needs at least one."""
+        if self.stages != "auto" and self.stages > layers:
+            raise ValueError(
+                f"stages ({self.stages}) exceeds the model's {layers} layers "
+                f"(a stage needs at least one layer)"
+            )
         v = self._chunks_known
         if self.stages != "auto" and v is not None:
             if self.stages * v > layers:
@@ -200,7 +275,6 @@ class JobSpec(_Strict):
                     and self.microbatches % self.stages:
                 raise ValueError(f"interleaved-1f1b needs microbatches ({self.microbatches}) to be "
                                  f"a multiple of stages ({self.stages})")
-        return self
 
     @property
     def _chunks_known(self) -> int | None:
@@ -252,16 +326,25 @@ class JobSpec(_Strict):
         d, o = self.data, self.optimizer
         return StageConfig(
             model=self.model_settings,
-            data=DataSettings(kind=d.kind, path=d.path if isinstance(d, TextData) else None),
+            data=DataSettings(kind=d.kind, path=d.path if isinstance(d, TextData | TokensData) else None),
             optimizer=OptimizerSettings(kind=o.kind, lr=o.lr, betas=o.betas, eps=o.eps,
                                         weight_decay=o.weight_decay, momentum=o.momentum),
             seed=self.seed, batch_size=self.batch_size, num_microbatches=self.num_microbatches,
-            schedule=self.traits.name, placement=self.placement())
+            schedule=self.traits.name, placement=self.placement(), init_from=self.init_from)
 
     @property
     def seq_len(self) -> int:
-        """The sequence length the job trains at: the model's (gpt, mlp)."""
-        return self.model.seq_len
+        """The sequence length the job trains at: ``data.seq_len``, else the model's own (gpt and
+        mlp fix one; a plugin's config may)."""
+        if self.data.seq_len is not None:
+            return self.data.seq_len
+        m = self.model
+        if isinstance(m, BuiltinModel):
+            return m.seq_len
+        fixed = m.config.get("seq_len") if isinstance(m, PluginSpec) else None
+        if isinstance(fixed, int):
+            return fixed
+        raise ValueError(f"job {self.name}: data.seq_len is needed for a {m.kind} model")
 
     @property
     def model_settings(self) -> ModelSettings:
@@ -332,24 +415,18 @@ def _one_line(err: ValidationError) -> str:
                      for where, msgs in fields.items())
 
 
-def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:
-    """Validate a mapping into a JobSpec; relative text paths resolve against base_dir."""
+def parse_spec(data: object, base_dir: Path | None = None, root: Path | None = None) -> JobSpec:
+    """Validate a mapping into a JobSpec and check what it names (``pipewave.service.inputs``):
+    paths made absolute (relative ones against ``base_dir``; with ``root``, confined to it),
+    the model built from its config against the data and its weight files."""
+    from pipewave.service.inputs import check_job, resolve_paths
+
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
         raise SpecError(f"invalid job spec: {_one_line(err)}") from None
-    if isinstance(spec.data, TextData):
-        path = Path(spec.data.path).expanduser()
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        if not path.is_file():
-            raise SpecError(f"invalid job spec: data.path: no such file: {spec.data.path}")
-        if path.stat().st_size < spec.model.seq_len + 1:
-            raise SpecError(
-                f"invalid job spec: data.path: {spec.data.path} is shorter than "
-                f"seq_len + 1 = {spec.model.seq_len + 1} bytes"
-            )
-        spec = spec.model_copy(update={"data": TextData(kind="text", path=str(path.resolve()))})
+    spec = resolve_paths(spec, base_dir, root)
+    check_job(spec)
     return spec
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from pipewave.workers.data import get_batch, load_corpus, microbatch
-from pipewave.workers.models import build_model, loss_fn, num_layers
+from pipewave.workers.models import build_model, model_for, num_layers
 
 ATOL, RTOL = 1e-5, 1e-4  # runtime (fused kernels, microbatches) vs reference (full batch)
 
@@ -88,8 +88,9 @@ class StagedModel:
     def __init__(self, spec: Any) -> None:
         self.spec = spec
         self.S, self.M = spec.stages, spec.microbatches
-        self.model = build_model(spec.model, spec.seed)
-        self.bounds = stage_bounds(num_layers(spec.model), self.S)
+        self.model = build_model(spec.model_settings, spec.seed)
+        self.loss_fn = model_for(spec.model_settings).loss  # what is trained: the model's loss
+        self.bounds = stage_bounds(num_layers(spec.model_settings), self.S)
         named = dict(self.model.named_parameters())
         assert set(named) == set(self.model.state_dict()), "the models have no buffers"
         self.names = [[n for n in named if lo <= int(n.split(".")[0]) < hi] for lo, hi in self.bounds]
@@ -109,7 +110,7 @@ class StagedModel:
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         if self._batch is None or self._batch[0] != step:
             sp = self.spec
-            x, y = get_batch(self.corpus, sp.seed, step, sp.batch_size, sp.model.seq_len)
+            x, y = get_batch(self.corpus, sp.seed, step, sp.batch_size, sp.seq_len)
             self._batch = (step, x, y)
         return self._batch[1], self._batch[2]
 
@@ -124,7 +125,7 @@ class StagedModel:
         leaves = [[t.detach().requires_grad_() for t in self.history[s][max(0, v)]]
                   for s, v in enumerate(versions)]
         params = {n: t for s in range(self.S) for n, t in zip(self.names[s], leaves[s], strict=True)}
-        loss = loss_fn(functional_call(self.model, params, (x,)), y)
+        loss = self.loss_fn(functional_call(self.model, params, (x,)), y)
         flat = [t for ls in leaves for t in ls]
         grads = torch.autograd.grad(loss, flat, torch.tensor(scale))
         out, i = [], 0
@@ -336,7 +337,7 @@ def assert_state_close(actual: dict[str, torch.Tensor], expected: dict[str, torc
     part of each attention's c_attn.bias is instead checked, in both states, to stay within
     ``key_bias_bound`` of its initial value (see there)."""
     assert sorted(actual) == sorted(expected)
-    init = build_model(spec.model, spec.seed).state_dict() if spec is not None else {}
+    init = build_model(spec.model_settings, spec.seed).state_dict() if spec is not None else {}
     bad = []
     for name, want in expected.items():
         got = actual[name]

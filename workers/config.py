@@ -45,6 +45,7 @@ class StageConfig:
     num_microbatches: int
     schedule: str
     placement: Placement
+    init_from: str | None = None  # a checkpoint or exported model folder to take weights from
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_microbatches"):

@@ -24,6 +24,7 @@ from torch.func import functional_call
 from pipewave.workers import comm
 from pipewave.workers.actions import Action, Kind
 from pipewave.workers.config import StageConfig
+from pipewave.workers.contract import PipelineModel
 from pipewave.workers.data import get_batch, load_corpus, microbatch
 from pipewave.workers.models import model_for
 from pipewave.workers.optim import OutOfPlaceOptimizer, Version
@@ -119,6 +120,8 @@ class StageWorker:
                 OrderedDict((str(i), layer) for i, layer in zip(range(a, b), layers, strict=True))
             ).to(self.device)
             names = [name for name, _ in module.named_parameters()]
+            if config.init_from is not None:
+                _initialise(module, names, self.model, Path(config.init_from))
             self.param_slices.append(slice(len(self.names), len(self.names) + len(names)))
             self.modules.append(module)
             self.names += names
@@ -452,6 +455,28 @@ class StageWorker:
         losses = step_losses.pop(step, None)
         loss = sum(losses) / len(losses) if losses else None
         self.progress = Progress(step=step + 1, loss=loss)
+
+
+def _initialise(module: nn.Module, names: list[str], model: PipelineModel, source: Path) -> None:
+    """Copy the weights of ``names`` (global names) from ``source``: a checkpoint folder (the
+    stage files holding them) or an exported model folder (``PipelineModel.read_export``)."""
+    if (source / "manifest.json").is_file():
+        import json
+
+        tensors: dict[str, torch.Tensor] = {}
+        for entry in json.loads((source / "manifest.json").read_text())["stages"]:
+            payload = torch.load(source / entry["file"], map_location="cpu", weights_only=True)
+            tensors.update({k: v for k, v in payload["model"].items() if k in set(names)})
+    else:
+        tensors = model.read_export(source, names)
+    params = dict(module.named_parameters())
+    for name in names:
+        t = tensors.get(name)
+        if t is None or tuple(t.shape) != tuple(params[name].shape):
+            raise ValueError(f"init_from {source}: no tensor of shape "
+                             f"{tuple(params[name].shape)} for parameter {name}")
+        with torch.no_grad():
+            params[name].copy_(t)
 
 
 def _input_grads(layout: Layout | None) -> Layout:

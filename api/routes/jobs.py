@@ -26,7 +26,8 @@ from pipewave.api.models import (
 from pipewave.api.settings import Settings
 from pipewave.api.store import IdempotencyConflict, to_public
 from pipewave.api.views import public
-from pipewave.service.spec import JobSpec, TextData
+from pipewave.service.inputs import check_job, resolve_paths
+from pipewave.service.spec import JobSpec, SpecError
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -39,7 +40,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_lengt
                         409: {"description": "idempotency key reused with another body"}})
 def submit(spec: JobSpec, store: StoreDep, manager: ManagerDep, settings: SettingsDep,
            idempotency_key: IdempotencyKey = None) -> Any:
-    spec = _check_data_path(spec, settings)
+    spec = _check_inputs(spec, settings)
     try:
         row, created = store.create_job(spec.model_dump(mode="json"), lambda i: settings.jobs_dir / i,
                                         min_slots(spec), idempotency_key)
@@ -54,23 +55,15 @@ def submit(spec: JobSpec, store: StoreDep, manager: ManagerDep, settings: Settin
                         headers={"Location": f"/api/v1/jobs/{row.id}"})
 
 
-def _check_data_path(spec: JobSpec, settings: Settings) -> JobSpec:
-    """A text dataset's file must lie inside the data root (no '..', no symlink out of it)."""
-    if not isinstance(spec.data, TextData):
-        return spec
-    root = settings.data_dir.resolve()
-    given = FsPath(spec.data.path)
-    if ".." in given.parts:
-        raise HTTPException(422, detail="data.path: '..' is not allowed")
-    path = (given if given.is_absolute() else root / given).resolve()
-    if not path.is_relative_to(root):
-        raise HTTPException(422, detail=f"data.path: must lie inside the data root {root}")
-    if not path.is_file():
-        raise HTTPException(422, detail=f"data.path: no such file in the data root: {spec.data.path}")
-    if path.stat().st_size < spec.model.seq_len + 1:
-        need = spec.model.seq_len + 1
-        raise HTTPException(422, detail=f"data.path: shorter than seq_len + 1 = {need} bytes")
-    return spec.model_copy(update={"data": TextData(kind="text", path=str(path))})
+def _check_inputs(spec: JobSpec, settings: Settings) -> JobSpec:
+    """What the spec names: paths inside the data root (no '..', no symlink out of it), the
+    model built from its config against the data and its weights (``pipewave.service.inputs``)."""
+    try:
+        spec = resolve_paths(spec, root=settings.data_dir.resolve())
+        check_job(spec)
+    except SpecError as err:
+        raise HTTPException(422, detail=str(err).removeprefix("invalid job spec: ")) from None
+    return spec
 
 
 @router.get("", response_model=JobList)

@@ -122,9 +122,9 @@ class JobController(MovesMixin, RecoveryMixin):
         if self.request.partition == "auto":
             self._plan(prior)
         else:
-            self.planning.partition = uniform(num_layers(self.spec.model),
+            self.planning.partition = uniform(num_layers(self.spec.model_settings),
                                               self.spec.num_stages * self.spec.chunks_per_stage)
-        n, chunks = num_layers(self.spec.model), self.spec.num_stages * self.spec.chunks_per_stage
+        n, chunks = num_layers(self.spec.model_settings), self.spec.num_stages * self.spec.chunks_per_stage
         cuts = [0, *(b for _, b in self.partition)]
         if [a for a, _ in self.partition] != cuts[:-1] or cuts[-1] != n or sorted(set(cuts)) != cuts \
                 or len(self.partition) != chunks:
