@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -425,7 +425,7 @@ class StageWorker:
         return self.outputs[chunk].grads()
 
     def _buffer(self, key: Hashable) -> torch.Tensor:
-        kind, _, chunk = key  # type: ignore[misc]
+        kind, _, chunk = cast(tuple[int, int, int], key)
         return self._layout(kind, chunk).buffer(self.device)
 
     def _update(self, run: Run, i: int, acc: list[torch.Tensor | None],
