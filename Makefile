@@ -6,13 +6,16 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PLUGIN := examples/pipewave-mixer
 
 .PHONY: install browser run train test typecheck bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+# the example model plugin (examples/pipewave-mixer) is installed with pipewave, in one resolve (its
+# dependency `pipewave` is this checkout, never an index's): the tests train it
+$(STAMP): pyproject.toml constraints.txt $(PLUGIN)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip -c constraints.txt
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[server,dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[server,dev]' -e $(PLUGIN)
 	touch $(STAMP)
 
 install: $(STAMP)
