@@ -14,11 +14,14 @@ import sys
 
 import typer
 
-from pipewave.cli import client_commands, server_commands
+from pipewave.cli import client_commands, export_command, models_command, prepare_command, server_commands
 from pipewave.cli.app import app, err_console
 
 server_commands.register(app)
+export_command.register(app)
+prepare_command.register(app)
 client_commands.register(app)
+models_command.register(app)
 
 
 def main() -> None:

@@ -25,7 +25,8 @@ P = ParamSpec("P")
 
 # the top-level modules of the `server` extra (pyproject.toml): absent in the client install
 SERVER_PACKAGES = frozenset({"torch", "ray", "numpy", "pydantic_settings", "fastapi",
-                             "uvicorn", "sqlalchemy", "psycopg", "sse_starlette", "prometheus_client"})
+                             "uvicorn", "sqlalchemy", "psycopg", "sse_starlette", "prometheus_client",
+                             "transformers", "tokenizers", "safetensors", "pyarrow"})
 SERVER_INSTALL = "pip install 'pipewave[server]'"
 
 RESUME_HELP = ("resume from the output's latest checkpoint; --no-resume starts at step 0 and "

@@ -137,6 +137,12 @@ class PipelineModel(ABC):
         """The whole model; its state_dict keys are the global parameter names."""
         return nn.Sequential(*self.build_layers(seed))
 
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's global name and shape (from layers built on the meta device)."""
+        with torch.device("meta"):
+            return {f"{i}.{n}": tuple(p.shape) for i in range(self.num_layers())
+                    for n, p in self.make_layer(i).named_parameters()}
+
     def info(self) -> ModelInfo:
         with torch.device("meta"):
             layers = [self.make_layer(i) for i in range(self.num_layers())]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path as FsPath
 from typing import Annotated, Any
 
 from anyio import to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import Path as FsParam
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from sse_starlette.sse import EventSourceResponse
 
 from pipewave.api.deps import JobId, ManagerDep, SettingsDep, StoreDep, not_found
@@ -26,6 +30,8 @@ from pipewave.api.models import (
 from pipewave.api.settings import Settings
 from pipewave.api.store import IdempotencyConflict, to_public
 from pipewave.api.views import public
+from pipewave.service.control.checkpoint import step_dir
+from pipewave.service.export import export_model
 from pipewave.service.inputs import check_job, resolve_paths
 from pipewave.service.spec import JobSpec, SpecError
 
@@ -132,6 +138,35 @@ def checkpoints(job_id: JobId, store: StoreDep) -> CheckpointList:
     if store.get(job_id) is None:
         raise not_found(job_id)
     return CheckpointList(items=store.checkpoints(job_id))
+
+
+_EXPORTS = threading.Lock()  # one export at a time: each is a full pass over the weights
+
+
+@router.get("/{job_id}/checkpoints/{step}/export", response_class=FileResponse,
+            responses={200: {"content": {"application/zip": {}},
+                             "description": "the model of that checkpoint as `pipewave export` writes "
+                                            "it (model.safetensors, + config.json for transformers)"}})
+def export(job_id: JobId, step: Annotated[int, FsParam(ge=0, le=10_000_000)],
+           store: StoreDep) -> FileResponse:
+    row = store.get(job_id)
+    if row is None:
+        raise not_found(job_id)
+    ckpt = step_dir(FsPath(row.output), step)
+    if not (ckpt / "manifest.json").is_file():
+        raise HTTPException(404, detail=f"job {job_id} has no checkpoint at step {step}")
+    folder = FsPath(row.output) / "exports" / f"step-{step:06d}"
+    archive = folder.with_suffix(".zip")
+    with _EXPORTS:
+        if not archive.is_file():
+            try:
+                export_model(ckpt, folder, force=True)
+            except (ValueError, OSError) as err:
+                raise HTTPException(409, detail=f"cannot export step {step}: "
+                                                f"{str(err).splitlines()[0]}") from None
+            tmp = shutil.make_archive(str(folder) + ".tmp", "zip", root_dir=folder)
+            os.replace(tmp, archive)
+    return FileResponse(archive, media_type="application/zip", filename=f"{job_id}-step-{step}.zip")
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse,
