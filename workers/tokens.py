@@ -122,10 +122,18 @@ class TokensMeta:
     def eos_id(self) -> int:
         return self.tokenizer.eos_id
 
+    @property
+    def train_tokens(self) -> int:
+        return self.counts.train_tokens
+
+    @property
+    def val_tokens(self) -> int:
+        return self.counts.val_tokens
+
     def tokens(self, split: str) -> int:
         """The token count of ``split`` ("train" or "val")."""
         split_file(self.path, split)  # checks the name
-        return int(getattr(self.counts, f"{split}_tokens"))
+        return self.train_tokens if split == "train" else self.val_tokens
 
     def to_json(self) -> dict[str, Any]:
         """The ``meta.json`` document (without the folder's own path)."""
