@@ -71,7 +71,7 @@ def hf_model(pw: TransformersModel, state: Mapping[str, Tensor]) -> Any:
     """The plain transformers ``*ForCausalLM`` of ``pw``'s config holding ``state`` (global names)."""
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_config(pw.config)
+    hf = AutoModelForCausalLM.from_config(pw.config, dtype=torch.float32)  # as pipewave trains
     hf.load_state_dict({pw.naming.hf_name(k): v for k, v in state.items()}, strict=True)
     return hf
 

@@ -142,16 +142,15 @@ class TransformersModel(PipelineModel):
         options = settings.options
         overrides, folder = _options(options)
         self.folder = folder
-        self.hf_config, self.folder_tied = build_config(overrides, folder)
-        self.model_type: str = self.hf_config.model_type
+        self.config, self.folder_tied = build_config(overrides, folder)  # transformers' config
+        self.model_type: str = self.config.model_type
         self.family = FAMILIES[self.model_type]
         self.architecture = self.family.causal_lm
-        _refuse_untrainable(self.hf_config, self.family)
+        _refuse_untrainable(self.config, self.family)
         if settings.seq_len > self.max_seq_len:
             raise ValueError(f"sequence length {settings.seq_len} exceeds the model's "
                              f"max_position_embeddings {self.max_seq_len}")
-        self.meta = _meta_model(self.hf_config, self.family)
-        self.config = self.meta.config  # the copy the modules hold (attention: sdpa)
+        self.meta = _meta_model(self.config, self.family)  # holds self.config, attention: sdpa
         self.decoders: int = self.config.num_hidden_layers
         self.naming = Naming(self.family.base, self.family.stack, self.decoders)
         try:
@@ -161,11 +160,11 @@ class TransformersModel(PipelineModel):
 
     @property
     def vocab_size(self) -> int:
-        return int(self.hf_config.vocab_size)
+        return int(self.config.vocab_size)
 
     @property
     def max_seq_len(self) -> int:
-        return int(self.hf_config.max_position_embeddings)  # GPT-2: n_positions
+        return int(self.config.max_position_embeddings)  # GPT-2: n_positions
 
     def layer_names(self) -> list[str]:
         """["embed", "layer0", ..., "layer{N-1}", "head"]."""
@@ -240,7 +239,7 @@ class TransformersModel(PipelineModel):
     def export(self, state: dict[str, Tensor], directory: Path) -> None:
         """``config.json`` + ``model.safetensors`` (HF names), loadable with
         ``AutoModelForCausalLM.from_pretrained(directory)`` and usable as ``pretrained:``."""
-        write_folder(state, self.naming, self.hf_config, self.architecture, directory)
+        write_folder(state, self.naming, self.config, self.architecture, directory)
 
     def read_export(self, directory: Path, names: Sequence[str]) -> dict[str, Tensor]:
         folder = WeightFolder(directory, "export")
@@ -329,13 +328,14 @@ def _meta_model(config: Any, family: Family) -> Any:
     """The whole ``*ForCausalLM`` on the meta device (no memory): the modules layers copy."""
     import transformers
 
-    config = copy.deepcopy(config)
     config._attn_implementation = "sdpa"
     try:
         with torch.device("meta"):
-            return getattr(transformers, family.causal_lm)(config)
+            model = getattr(transformers, family.causal_lm)(config)
     except Exception as err:
         raise ValueError(f"model.config: {one_line(err)}") from None
+    assert model.config is config
+    return model
 
 
 @torch.no_grad()
