@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from pipewave.api import auth
 from pipewave.api.manager import JobManager
 from pipewave.api.prom import ServiceMetrics
-from pipewave.api.routes import cluster, jobs, service
+from pipewave.api.routes import cluster, jobs, models, service
 from pipewave.api.settings import Settings, get_settings, load_token
 from pipewave.api.store import JobStore
 
@@ -61,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix="/api/v1")
     api.include_router(jobs.router)
     api.include_router(cluster.router)
+    api.include_router(models.router)
     app.include_router(api)
     app.include_router(service.open_router)
     app.include_router(service.router)

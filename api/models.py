@@ -54,6 +54,15 @@ class StagePlacement(_Chunked):
     device: str | None = None
 
 
+class ModelInfoPublic(BaseModel):
+    """A job's model as the dashboard shows it (``PipelineModel.info``)."""
+
+    kind: str  # gpt, mlp, transformers, plugin
+    architecture: str  # e.g. "gpt", "LlamaForCausalLM", "mixer (plugin pipewave-mixer)"
+    parameters: int
+    layers: int
+
+
 class JobPublic(BaseModel):
     id: str
     name: str
@@ -77,6 +86,7 @@ class JobPublic(BaseModel):
     cancel_requested: bool
     placement: list[StagePlacement]
     checkpoint_step: int | None
+    model_info: ModelInfoPublic | None = None  # one job's (GET /jobs/{id}); None in lists
 
 
 class JobList(BaseModel):

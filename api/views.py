@@ -3,6 +3,9 @@ cluster's node table. Pure functions (no Ray, no threads)."""
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -10,6 +13,7 @@ from pipewave.api.models import (
     ApiState,
     ClusterPublic,
     JobPublic,
+    ModelInfoPublic,
     NodePublic,
     SlotSummary,
     StageOnNode,
@@ -17,6 +21,10 @@ from pipewave.api.models import (
 )
 from pipewave.api.store import JobStore, to_public
 from pipewave.service.cluster.status import NodeStatus
+from pipewave.service.spec import JobSpec
+from pipewave.workers.models import model_for
+
+logger = logging.getLogger(__name__)
 
 Placements = Iterable[tuple[str, str, Sequence[dict[str, Any]]]]  # (job id, name, its stages)
 
@@ -31,7 +39,25 @@ def public(store: JobStore, manager: QueueView, job_id: str) -> JobPublic | None
     if row is None:
         return None
     pos = manager.queue_positions().get(job_id) if row.state == ApiState.QUEUED else None
-    return to_public(row, pos)
+    job = to_public(row, pos)
+    return job.model_copy(update={"model_info": model_info(job.spec)})
+
+
+def model_info(spec: dict[str, Any]) -> ModelInfoPublic | None:
+    """What the dashboard shows of a job's model (built on the meta device, once per spec); None
+    when its stored spec builds none now (e.g. a plugin since uninstalled)."""
+    return _model_info(json.dumps(spec, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _model_info(spec_json: str) -> ModelInfoPublic | None:
+    try:
+        info = model_for(JobSpec.model_validate(json.loads(spec_json)).model_settings).info()
+    except Exception as err:  # a stored spec that no longer builds must not fail GET /jobs/{id}
+        logger.info("no model info for a job: %s", str(err).splitlines()[0] if str(err) else err)
+        return None
+    return ModelInfoPublic(kind=info.kind, architecture=info.architecture, parameters=info.parameters,
+                           layers=info.layers)
 
 
 def stage_placement(stages: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:

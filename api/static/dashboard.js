@@ -334,6 +334,7 @@
     const ui = {
       name: el("h1", { class: "job-name" }, st.id),
       jobId: el("code", { class: "muted" }, st.id),
+      model: el("div", { id: "job-model", class: "job-model small", hidden: true }),
       state: stateBadge("…", { id: "job-state" }),
       phase: el("span", { class: "phase" }),
       reason: el("p", { class: "reason" }),
@@ -361,6 +362,7 @@
         el("div", { class: "job-title" }, ui.name, ui.state, ui.phase,
           el("span", { class: "spacer" }), ui.cancelMsg, ui.cancelBtn),
         el("div", { class: "muted small" }, ui.jobId),
+        ui.model,
         ui.reason, ui.progress, ui.stats),
       el("div", { class: "grid-2" },
         el("section", { class: "card" }, el("h2", {}, "Loss"), el("div", { class: "chart-box" }, ui.lossChart)),
@@ -416,6 +418,7 @@
       ui.cancelBtn.disabled = Boolean(job.cancel_requested);
       ui.cancelBtn.textContent = job.cancel_requested ? "Cancel requested" : "Cancel job";
     }
+    drawModel(ui.model, job);
     drawStageMap(ui.stageMap, job.placement || []);
     if (terminal && !wasTerminal) {
       if (hadJob) onTerminal(st, ui); // ended while we watched: reload final figures
@@ -549,6 +552,38 @@
       el("span", { class: "event-time", title: absTime(e.time) }, clockTime(e.time)),
       el("span", { class: "event-kind" }, e.kind),
       el("span", { class: "event-msg" }, e.message));
+  }
+
+  // ---------------------------------------------------------------- model
+  // The job's model: architecture, kind, parameters (1.2M) and layers; from the spec's kind alone
+  // when the server has no model_info for it.
+  function drawModel(box, job) {
+    const info = job.model_info || null;
+    const kind = info ? info.kind : job.spec && job.spec.model && job.spec.model.kind;
+    box.hidden = !kind;
+    if (!kind) return;
+    const parts = [];
+    if (info) {
+      parts.push(el("strong", { id: "model-architecture" }, info.architecture), " ");
+    }
+    parts.push(el("span", { id: "model-kind", class: "badge model-kind" }, kind));
+    if (info && isNum(info.parameters)) {
+      parts.push(" · ", el("span", { id: "model-parameters", title: `${info.parameters.toLocaleString()} parameters`,
+        "data-parameters": info.parameters }, `${fmtCount(info.parameters)} parameters`));
+    }
+    if (info && isNum(info.layers)) {
+      parts.push(" · ", el("span", { id: "model-layers", "data-layers": info.layers },
+        `${info.layers} layer${info.layers === 1 ? "" : "s"}`));
+    }
+    box.replaceChildren("model ", ...parts);
+  }
+
+  // 1234 -> "1.2K", 1234567 -> "1.2M", 7e9 -> "7.0B"; below 1000 as it is
+  function fmtCount(n) {
+    for (const [size, unit] of [[1e12, "T"], [1e9, "B"], [1e6, "M"], [1e3, "K"]]) {
+      if (Math.abs(n) >= size) return `${(n / size).toFixed(1)}${unit}`;
+    }
+    return String(n);
   }
 
   // ---------------------------------------------------------------- stage map

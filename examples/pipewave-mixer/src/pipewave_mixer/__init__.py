@@ -52,10 +52,11 @@ class MixerConfig(BaseModel):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="of the cross-entropy")
 
 
-def _linear(d_in: int, d_out: int, std: float = 0.02) -> nn.Linear:
-    layer = nn.Linear(d_in, d_out)
+def _linear(d_in: int, d_out: int, std: float = 0.02, bias: bool = True) -> nn.Linear:
+    layer = nn.Linear(d_in, d_out, bias=bias)
     nn.init.normal_(layer.weight, mean=0.0, std=std)
-    nn.init.zeros_(layer.bias)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
     return layer
 
 
@@ -84,7 +85,9 @@ class MixerBlock(nn.Module):
         super().__init__()
         self.ln_tokens = nn.LayerNorm(d_model)
         self.token_fc = _linear(seq_len, 2 * seq_len)  # across positions: T -> 2T -> T
-        self.token_proj = _linear(2 * seq_len, seq_len, proj_std)
+        # no bias: it would shift all channels of a position alike, which every LayerNorm after it
+        # takes out again; its gradient would be rounding noise (that Adam blows up to full steps)
+        self.token_proj = _linear(2 * seq_len, seq_len, proj_std, bias=False)
         self.ln_channels = nn.LayerNorm(d_model)
         self.channel_fc = _linear(d_model, 4 * d_model)  # across features: C -> 4C -> C
         self.channel_proj = _linear(4 * d_model, d_model, proj_std)
