@@ -183,7 +183,8 @@ def load_corpus(data_cfg: DataConfig, max_bytes: int | None = None, min_bytes: i
     elif kind == "synthetic":
         corpus = _load_synthetic(SYNTHETIC_BYTES if max_bytes is None else max_bytes)
     elif kind == "tokens":
-        corpus = _tokens(data_cfg, "train")[:max_bytes]
+        corpus = _tokens(data_cfg, "train")
+        corpus = corpus if max_bytes is None else corpus[:max_bytes]
     else:
         raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
     if corpus.numel() < min_bytes:

@@ -48,7 +48,7 @@ TOKENIZER_KINDS = ("bytes", "tokenizers", "transformers")
 BYTES_VOCAB_SIZE = 257  # the 256 byte values, then EOS
 BYTES_EOS_ID = 256
 UINT16_VOCAB = 2**16  # ids 0..65535 fit in uint16
-DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 
 
 class TokensError(ValueError):
@@ -148,13 +148,13 @@ class TokensMeta:
 def _field(where: str, doc: dict[str, Any], name: str, kind: type | tuple[type, ...],
            prefix: str = "") -> Any:
     if name not in doc:
-        raise TokensError(f"{where}: meta.json has no {prefix}{name!r}")
+        raise TokensError(f"{where}: meta.json has no '{prefix}{name}'")
     value = doc[name]
     number = kind in (int, (int, float))
-    ok = isinstance(value, kind) and not isinstance(value, bool) and (not number or value >= 0)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and (not number or doc[name] >= 0)
     if not ok:
         want = "a non-negative integer" if kind is int else "a non-negative number" if number else "text"
-        raise TokensError(f"{where}: meta.json {prefix}{name!r} must be {want}, got {value!r}")
+        raise TokensError(f"{where}: meta.json '{prefix}{name}' must be {want}, got {value!r}")
     return value
 
 
