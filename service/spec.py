@@ -108,8 +108,13 @@ class PluginSpec(_Strict):
     config: dict[str, JsonValue] = {}
 
     @model_validator(mode="after")
-    def _bounded(self) -> PluginSpec:
+    def _checked(self) -> PluginSpec:
+        """The config as the plugin's own schema makes it (defaults filled in); the plugin must
+        be installed (``pipewave.workers.plugins``: looked up by name, nothing else imported)."""
+        from pipewave.workers.plugins import validate_plugin_config
+
         _bounded_config(self.config, "model.config")
+        object.__setattr__(self, "config", validate_plugin_config(self.name, self.config))
         return self
 
 
@@ -393,6 +398,7 @@ class JobSpec(_Strict):
             raise SpecError(f"invalid job spec: {_one_line(err)}") from None
 
 
+_KIND_TAGS = ("gpt", "mlp", "transformers", "plugin", "stdlib", "text", "synthetic", "tokens")
 _UNION_TAGS = ("int", "constrained-int", "float", "constrained-float", "str", "none")
 
 
@@ -404,8 +410,12 @@ def _one_line(err: ValidationError) -> str:
         loc = [str(p) for p in e["loc"]]
         while len(loc) > 1 and (loc[-1] in _UNION_TAGS or loc[-1].startswith("literal[")):
             loc.pop()  # (the union member pydantic tried)
+        if len(loc) >= 2 and loc[0] in ("model", "data") and loc[1] in _KIND_TAGS:
+            del loc[1]  # (the kind: the discriminated union's tag)
         where = ".".join(loc)
         msg = e["msg"].removeprefix("Value error, ")
+        if msg.startswith(f"{where}."):
+            where = ""  # (the message names its field itself: model.config.depth: ...)
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         seen = fields.setdefault(where, [])
