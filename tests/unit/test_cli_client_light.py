@@ -12,7 +12,8 @@ import pytest
 
 # the top-level modules of pyproject's `server` extra
 SERVER_MODULES = ("torch", "ray", "numpy", "pydantic_settings", "fastapi", "uvicorn",
-                  "sqlalchemy", "psycopg", "sse_starlette", "prometheus_client")
+                  "sqlalchemy", "psycopg", "sse_starlette", "prometheus_client", "transformers",
+                  "tokenizers", "safetensors", "pyarrow")
 LAYERS_BELOW = ("pipewave.api", "pipewave.service", "pipewave.workers")
 SERVER_HINT = "needs the server install"
 INSTALL = "pip install 'pipewave[server]'"
@@ -58,7 +59,8 @@ def one_error_line(r: subprocess.CompletedProcess[str]) -> str:
 @pytest.mark.parametrize(
     "args",
     [["train", "job.yaml"], ["train", "missing.yaml", "--json"], ["plan", "job.yaml"],
-     ["drain", "0123abcd"], ["serve", "--port", "8123"]],
+     ["drain", "0123abcd"], ["serve", "--port", "8123"],
+     ["prepare", "a.txt", "-t", "bytes", "-o", "out"], ["export", "runs/x", "--output", "out"]],
 )
 def test_cluster_side_commands_name_the_server_install(tmp_path: Path, args: list[str]) -> None:
     (tmp_path / "job.yaml").write_text("name: x\nmodel: {kind: mlp}\n")

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import tokkit
 from tokenizers import Tokenizer
 
+import tokkit
 from harness import pipewave
 from pipewave.cli.main import main
 from pipewave.service import datasets

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import tokkit
 import torch
 from tokenizers import Tokenizer
 
+import tokkit
 from pipewave.service.datasets import prepare
 from pipewave.workers import data
 from pipewave.workers.tokens import TokensError, read_meta
