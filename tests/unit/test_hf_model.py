@@ -5,12 +5,12 @@ and every bad input as one line."""
 import json
 import math
 
-import hfkit
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, GPT2Config
 
+import hfkit
 from pipewave.workers import models
 from pipewave.workers.hf_weights import Naming
 
