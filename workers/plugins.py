@@ -42,7 +42,7 @@ from pipewave.workers.contract import ModelSettings, PipelineModel
 logger = logging.getLogger(__name__)
 
 GROUP = "pipewave.models"
-NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # (the job spec's PluginSpec.name too)
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,9 @@ def _load(name: str, ep: md.EntryPoint) -> type[PipelineModel]:
 
 def plugin_class(name: str) -> type[PipelineModel]:
     """The class of the installed plugin ``name``; ValueError (one line) when there is none."""
-    if not isinstance(name, str) or not NAME.match(name):
-        raise ValueError(f"invalid model plugin name {name!r}: letters, digits, '.', '_' and '-', "
-                         "starting with a letter")
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ValueError(f"invalid model plugin name {name!r}: up to 64 letters, digits, '.', '_' "
+                         "and '-', starting with a letter or digit")
     found = _entry_points()
     eps = found.get(name)
     if not eps:

@@ -78,7 +78,7 @@ def test_a_plugin_that_is_not_installed_is_one_line() -> None:
 
 
 @pytest.mark.parametrize("name", ["os:system", "../mixer", "pipewave_mixer:MixerModel", "", "x" * 65,
-                                  " mixer", "1mixer"])
+                                  " mixer", "-mixer", "mixer\n"])
 def test_bad_names_are_refused_before_any_lookup(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_lookup(**_: Any) -> Any:
         raise AssertionError("looked up")
