@@ -21,6 +21,7 @@ from pipewave.api.prom import ServiceMetrics
 from pipewave.api.routes import cluster, jobs, models, service
 from pipewave.api.settings import Settings, get_settings, load_token
 from pipewave.api.store import JobStore
+from pipewave.service.spec import field_path
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +79,20 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": _msg(e)} for e in err.errors()]
-        line = "; ".join(f"{'.'.join(e['loc'][1:] if e['loc'][:1] == ['body'] else e['loc'])}: {e['msg']}"
-                         for e in errors[:5])
+        line = "; ".join(_where(e["loc"], e["msg"]) for e in errors[:5])
         return JSONResponse({"detail": f"invalid request: {line}", "errors": errors}, status_code=422)
 
     @app.exception_handler(Exception)
     async def internal(_: Request, err: Exception) -> JSONResponse:
         logger.exception("internal error")
         return JSONResponse({"detail": f"internal error: {type(err).__name__}"}, status_code=500)
+
+
+def _where(loc: list[str], msg: str) -> str:
+    """``field.path: message``; the path as the user wrote it (``spec.field_path``), left out
+    where the message names its field itself."""
+    where = ".".join(field_path(loc[1:] if loc[:1] == ["body"] else loc))
+    return msg if msg.startswith(f"{where}.") else f"{where}: {msg}"
 
 
 def _msg(e: Any) -> str:

@@ -402,6 +402,14 @@ _KIND_TAGS = ("gpt", "mlp", "transformers", "plugin", "stdlib", "text", "synthet
 _UNION_TAGS = ("int", "constrained-int", "float", "constrained-float", "str", "none")
 
 
+def field_path(loc: list[str]) -> list[str]:
+    """A validation error's location as the user wrote it: without the model's or data's kind
+    (the tag pydantic puts in the path of a discriminated union)."""
+    if len(loc) >= 2 and loc[0] in ("model", "data") and loc[1] in _KIND_TAGS:
+        return [loc[0], *loc[2:]]
+    return loc
+
+
 def _one_line(err: ValidationError) -> str:
     """The errors in one line; a field whose value fails every member of a union (a number or
     "auto") gets one entry: ``waves: Input should be less than or equal to 8 or 'auto'``."""
@@ -410,9 +418,7 @@ def _one_line(err: ValidationError) -> str:
         loc = [str(p) for p in e["loc"]]
         while len(loc) > 1 and (loc[-1] in _UNION_TAGS or loc[-1].startswith("literal[")):
             loc.pop()  # (the union member pydantic tried)
-        if len(loc) >= 2 and loc[0] in ("model", "data") and loc[1] in _KIND_TAGS:
-            del loc[1]  # (the kind: the discriminated union's tag)
-        where = ".".join(loc)
+        where = ".".join(field_path(loc))
         msg = e["msg"].removeprefix("Value error, ")
         if msg.startswith(f"{where}."):
             where = ""  # (the message names its field itself: model.config.depth: ...)

@@ -63,6 +63,10 @@ def test_dashboard_shows_a_running_job_live(server: Server, browser: Any) -> Non
         assert page.locator("#loss-chart circle.point").count() == points(page, "#loss-chart")
         assert points(page, "#throughput-chart") > 0
         assert page.inner_text("#job-state") == "RUNNING"
+        # the model: kind, architecture, parameters, layers
+        assert page.inner_text("#model-architecture") == "gpt"
+        assert page.get_attribute("#model-layers", "data-layers") == "6"
+        assert page.inner_text("#model-parameters").endswith("parameters")
 
         page.wait_for_function(f"document.querySelectorAll('#timeline g.stage-row').length == {STAGES}",
                                timeout=60_000)
