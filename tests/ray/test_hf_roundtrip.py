@@ -60,7 +60,7 @@ def test_prepare_train_export_round_trip(ray_address: str, tmp_path: Path) -> No
     assert record is not None and record.step == 4
     net.load_state_dict(load_model_state(record.path))
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
-    x, y = get_batch(load_corpus(spec.data), 7, 0, 4, 32)
+    x, _ = get_batch(load_corpus(spec.data), 7, 0, 4, 32)
     assert int(x.max()) < 300
     with torch.no_grad():
         ours, theirs = net(x), hf(input_ids=x).logits
@@ -76,5 +76,5 @@ def test_prepare_train_export_round_trip(ray_address: str, tmp_path: Path) -> No
     x2, y2 = get_batch(load_corpus(spec2.data), 3, 0, 4, 32)
     with torch.no_grad():
         expected = pw.loss(hf(input_ids=x2).logits, y2).item()
-    first = [line for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()][0]
+    first = (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()[0]
     assert yaml.safe_load(first)["loss"] == pytest.approx(expected, rel=1e-5)
