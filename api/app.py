@@ -78,8 +78,9 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": _msg(e)} for e in err.errors()]
-        line = "; ".join(_where(e["loc"], e["msg"]) for e in errors[:5])
+        found = [([str(p) for p in e.get("loc", ())], _msg(e)) for e in err.errors()]
+        errors = [{"loc": loc, "msg": msg} for loc, msg in found]
+        line = "; ".join(_where(loc, msg) for loc, msg in found[:5])
         return JSONResponse({"detail": f"invalid request: {line}", "errors": errors}, status_code=422)
 
     @app.exception_handler(Exception)

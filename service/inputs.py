@@ -113,7 +113,8 @@ def check_job(spec: JobSpec) -> PipelineModel:
         layers = model.num_layers()
         spec.check_layers(layers)
     except (ValueError, TypeError, KeyError, OSError) as err:
-        raise SpecError(f"invalid job spec: model: {_first_line(err)}") from None
+        line = _first_line(err)  # (one that names its field, model.config..., keeps its own)
+        raise SpecError(f"invalid job spec: {'' if line.startswith('model.') else 'model: '}{line}") from None
     if model.max_seq_len is not None and spec.seq_len > model.max_seq_len:
         raise SpecError(f"invalid job spec: seq_len {spec.seq_len} exceeds the model's maximum "
                         f"{model.max_seq_len}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,9 @@ def _tied(name: str, tied: Mapping[str, str], base: str) -> tuple[str, ...]:
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (a KeyError's, the bare key, names its type)."""
     text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    # a config class's validator wraps the reason: "Class validation error for validator
+    # 'validate_architecture': ValueError: The hidden size (64) is not a multiple of ..."
+    text = re.sub(r"^Class validation error for validator '\w+': \w+: ", "", text)
     if isinstance(err, KeyError) or not text:
         return f"{type(err).__name__} {text}".strip()
     return text
