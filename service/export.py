@@ -10,8 +10,9 @@ and a transformers export can be a job's ``model.pretrained``.
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +69,13 @@ def export_model(source: Path, output: Path, force: bool = False) -> ExportResul
     if missing:
         raise ValueError(f"checkpoint {ckpt} lacks parameters {missing[:3]} of its model")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir()  # (with the umask's mode, like any folder the user makes)
     try:
         model.export({n: state[n] for n in names}, tmp)
+        mask = _umask()
+        for f in tmp.iterdir():  # (safetensors writes its file 0600: readable as the folder is)
+            f.chmod(0o666 & ~mask)
         tmp.replace(output)  # the folder appears whole or not at all
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -79,3 +84,9 @@ def export_model(source: Path, output: Path, force: bool = False) -> ExportResul
     return ExportResult(ckpt, int(manifest["step"]), info.kind, info.architecture,
                         model.export_format, info.parameters, output,
                         tuple(sorted(p.name for p in output.iterdir())))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
