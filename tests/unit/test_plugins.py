@@ -21,6 +21,15 @@ CONFIG = {"vocab_size": 64, "seq_len": 12, "d_model": 16, "depth": 3, "num_class
           "label_smoothing": 0.1}
 
 
+@pytest.fixture(autouse=True)
+def _fresh_entry_points() -> Any:
+    """The plugins module reads the entry points once per process: tests that fake some read
+    them afresh, and leave no fake behind."""
+    plugins._entry_points.cache_clear()
+    yield
+    plugins._entry_points.cache_clear()
+
+
 def mixer(seq_len: int = 12, **config: Any) -> PipelineModel:
     options = {"kind": "plugin", "name": "mixer", "config": {**CONFIG, **config}}
     return model_for(ModelSettings.of("plugin", options, seq_len))
