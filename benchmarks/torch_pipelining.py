@@ -1,9 +1,12 @@
-"""Baseline: the same GPT workload trained with torch.distributed.pipelining over gloo.
+"""Baseline: the engine benchmark's workload trained with torch.distributed.pipelining over gloo.
 
-One process per rank (``torch.multiprocessing.spawn``), one torch thread per rank, gloo on
-127.0.0.1. Rank ``r`` holds the layers ``planning.partition.uniform`` gives stage ``r`` (the same cut
-pipewave uses), built with ``pipewave.workers.models.build_layers`` from the same seed, so every rank starts
-from bit-identical weights. ``interleaved-1f1b`` (``ScheduleInterleaved1F1B``): the layers are cut
+The workload is a job spec (``examples/gpt-small.yaml``'s GPT by default, ``llama-small.yaml``'s
+transformers Llama with ``engine.py --model llama``). One process per rank
+(``torch.multiprocessing.spawn``), one torch thread per rank, gloo on 127.0.0.1. Rank ``r`` holds
+the layers ``planning.partition.uniform`` gives stage ``r`` (the same cut pipewave uses), built by
+the job's ``PipelineModel`` (``workers.models.model_for``: the built-in GPT, or ``workers.hf``'s
+``TransformersModel``) from the same seed, so every rank starts from bit-identical weights; the
+loss is the model's own. ``interleaved-1f1b`` (``ScheduleInterleaved1F1B``): the layers are cut
 uniformly into ``CHUNKS * ranks`` chunks (the cut pipewave's ``uniform`` partition gives
 ``interleaved-1f1b`` with ``chunks: 2``), and rank ``r`` holds chunks ``r, r + ranks, ...``
 (torch's looped placement, pipewave's too), one ``PipelineStage`` each (``stage_index`` = the
@@ -27,7 +30,6 @@ import argparse
 import itertools
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -39,12 +41,6 @@ REPO = Path(__file__).resolve().parent.parent
 SPEC_FILE = REPO / "examples" / "gpt-small.yaml"
 SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b")
 CHUNKS = 2  # interleaved-1f1b: stages (model chunks) per rank
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warmup: int,
@@ -65,19 +61,21 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
     from pipewave.service.planning.partition import uniform
     from pipewave.service.spec import load_spec
     from pipewave.workers.data import get_batch, load_corpus
-    from pipewave.workers.models import build_layers, loss_fn, num_layers
+    from pipewave.workers.models import model_for
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=300))
+    timeout = timedelta(seconds=300)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)  # run()'s store
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     try:
         spec = load_spec(spec_file)
-        cfg, M, B = spec.model, spec.num_microbatches, spec.batch_size
+        model, M, B = model_for(spec.model_settings), spec.num_microbatches, spec.batch_size
+        loss_fn = model.loss
         V = CHUNKS if schedule == "interleaved-1f1b" else 1
         N = V * world  # pipeline stages (chunks) in all; rank r holds r, r + world, ... (looped)
-        cuts = uniform(num_layers(cfg), N)
+        cuts = uniform(model.num_layers(), N)
         mine = [rank + c * world for c in range(V)]
-        modules = [nn.Sequential(*build_layers(cfg, spec.seed, range(*cuts[v]))) for v in mine]
+        modules = [nn.Sequential(*model.build_layers(spec.seed, range(*cuts[v]))) for v in mine]
         # the first chunk is on rank 0, the last (N - 1) on rank world - 1 under the looped placement
         first, last = rank == 0, rank == world - 1
         stages: list[Any] = [PipelineStage(m, v, N, torch.device("cpu"))
@@ -102,7 +100,7 @@ def _rank_main(rank: int, world: int, port: int, schedule: str, steps: int, warm
                 dist.barrier()
                 t0 = time.perf_counter()
             if corpus is not None:
-                x, y = get_batch(corpus, spec.seed, step, B, cfg.seq_len)  # (B, T), (B, T)
+                x, y = get_batch(corpus, spec.seed, step, B, spec.seq_len)  # (B, T), (B, T)
             if first and last:
                 raise ValueError("torch pipelining baseline needs at least 2 ranks")
             if first:
@@ -141,9 +139,14 @@ def run(schedule: str, ranks: int, steps: int, warmup: int, spec_file: str | Pat
     if warmup < 1:
         raise ValueError("torch baseline needs at least 1 warm-up step (shape inference, first step)")
     import torch.multiprocessing as mp
+    from torch.distributed import TCPStore
 
     with tempfile.TemporaryDirectory(prefix="pipewave-bench-torch-") as out:
-        port = free_port()
+        # the ranks' rendezvous store, held here on a port bound now: a port looked up free and
+        # bound only later by rank 0 can be taken meanwhile by another process (Ray's, a test's)
+        store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                         timeout=timedelta(seconds=300))
+        port = store.port
         mp.spawn(_rank_main, args=(ranks, port, schedule, steps, warmup, str(spec_file), out),
                  nprocs=ranks, join=True)
         r0 = json.loads(Path(out, "rank-0.json").read_text())
@@ -160,9 +163,11 @@ def main() -> None:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--spec", type=Path, default=SPEC_FILE,
+                   help="the workload's job spec (default examples/gpt-small.yaml)")
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    print(json.dumps(run(a.schedule, a.ranks, a.steps, a.warmup), indent=2))
+    print(json.dumps(run(a.schedule, a.ranks, a.steps, a.warmup, a.spec), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """A benchmark configuration (``pipewave:<schedule>:<stages>``, ``torch:<schedule>:<ranks>``,
-``single``...), the defaults and the targets."""
+``single``...), the workloads (``--model gpt|llama``) with their defaults and targets."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parents[1]  # benchmarks/
 REPO = HERE.parent
 ENTRY = HERE / "engine.py"  # the command; a run's child process is ``engine.py --one``
-SPEC_FILE = REPO / "examples" / "gpt-small.yaml"
 THREADS = 2  # torch threads per configuration, in total (the machine's 2 cores)
 PIPEWAVE_SCHEDULES = ("gpipe", "1f1b", "pipedream", "2bw")
 # chunked schedules, as config tokens: interleaved-1f1b (2 chunks per worker), hanayo (1 wave),
@@ -29,12 +28,59 @@ DEFAULT_CONFIGS = (
 )
 _PIPEWAVE_TOKEN = re.compile(r"(gpipe|1f1b|pipedream|2bw|interleaved-1f1b(?:-c(\d+))?|hanayo(?:-w(\d+))?)")
 DEFAULT_STEPS, DEFAULT_WARMUP, DEFAULT_ROUNDS = 14, 2, 3
-# Targets (the issue): pipedream on 2 stages against torch's 2-rank 1F1B and the single process;
-# every pipewave run's measured mean bubble within 10% (relative) of its simulated figure.
-HEADLINE = "pipewave:pipedream:2"
-TARGET_VS_TORCH = 1.10
-TARGET_VS_SINGLE = 0.93
+# Every pipewave run's measured mean bubble must be within 10% (relative) of its simulated figure.
 BUBBLE_REL_TOL = 0.10
+
+
+@dataclass(frozen=True)
+class Target:
+    """``config``'s samples/s at least ``goal`` x ``ref``'s (the median over rounds of the ratio
+    within a round); ``ref`` is ``torch:1f1b:2`` or ``single``, named ``what`` in the report."""
+
+    config: str
+    ref: str
+    goal: float
+    what: str
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What every configuration trains (a job spec in ``examples/``), with its report's title and
+    workload line, its default configurations and output, and its throughput targets."""
+
+    name: str
+    spec_file: Path
+    title: str
+    description: str
+    default_configs: tuple[str, ...]
+    output: Path
+    targets: tuple[Target, ...]
+
+
+_TORCH_1F1B_2 = "torch Schedule1F1B, 2 ranks"
+WORKLOADS = {
+    # issue 1: pipedream on 2 stages against torch's 2-rank 1F1B and the single process
+    "gpt": Workload(
+        "gpt", REPO / "examples" / "gpt-small.yaml", "pipewave engine benchmark",
+        "`examples/gpt-small.yaml`'s model and data: byte-level GPT (vocab 256, d_model 256, 8 "
+        "blocks, 4 heads, seq 128, 6.48 M parameters), batch 32 in 8 microbatches, Adam lr 3e-4, "
+        "stdlib corpus, seed 0; 2 torch threads per configuration in total",
+        tuple(DEFAULT_CONFIGS), HERE / "results.md",
+        (Target("pipewave:pipedream:2", "torch:1f1b:2", 1.10, _TORCH_1F1B_2),
+         Target("pipewave:pipedream:2", "single", 0.93, "the unpipelined single process"))),
+    # issue 15: a transformers Llama of the GPT's size, pipewave 1f1b and pipedream on 2 stages
+    "llama": Workload(
+        "llama", REPO / "examples" / "llama-small.yaml", "pipewave engine benchmark: Llama",
+        "`examples/llama-small.yaml`'s model and data: transformers `LlamaForCausalLM` (vocab 256, "
+        "hidden 256, 8 decoder layers, 4 heads, 4 key/value heads, MLP 688, seq 128, untied head, "
+        "6.46 M parameters; pipewave's layers embed, layer0..7, head, cut after layer3 on 2 "
+        "stages), batch 32 in 8 microbatches, Adam lr 3e-4, stdlib corpus, seed 0; 2 torch "
+        "threads per configuration in total",
+        ("pipewave:1f1b:2", "pipewave:pipedream:2", "torch:1f1b:2", "single"),
+        HERE / "llama-results.md",
+        (Target("pipewave:1f1b:2", "torch:1f1b:2", 1.00, _TORCH_1F1B_2),
+         Target("pipewave:pipedream:2", "torch:1f1b:2", 1.05, _TORCH_1F1B_2))),
+}
 
 
 def repo_on_path() -> None:

@@ -17,12 +17,13 @@ from typing import Any
 from enginebench.config import ENTRY, REPO, Config
 
 
-def launch(cfg: Config, steps: int, warmup: int, timeout_s: float, log_dir: Path) -> dict[str, Any]:
-    """Run one configuration in a fresh process; its result, or {"error": ...}."""
+def launch(cfg: Config, steps: int, warmup: int, timeout_s: float, log_dir: Path,
+           workload: str = "gpt") -> dict[str, Any]:
+    """Run one configuration of ``workload`` in a fresh process; its result, or {"error": ...}."""
     result_file = log_dir / f"{cfg.name.replace(':', '-')}-{time.time_ns()}.json"
     log_file = result_file.with_suffix(".log")
     cmd = [sys.executable, str(ENTRY), "--one", cfg.name, "--steps", str(steps),
-           "--warmup", str(warmup), "--result", str(result_file)]
+           "--warmup", str(warmup), "--model", workload, "--result", str(result_file)]
     t0, cpu0 = time.time(), _cpu_times()
     with log_file.open("w") as log:
         # its own session: on a timeout the run's whole process group (ranks, Ray) is stopped

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from enginebench.config import WORKLOADS
 from enginebench.report_chunked import fmt, plural, render_chunked
 
 
 def render(report: dict[str, Any]) -> str:
     a, rows, runs = report["args"], report["rows"], report["runs"]
+    workload = WORKLOADS[report.get("workload", "gpt")]  # (reports before --model: the GPT)
     L = [
-        "# pipewave engine benchmark",
+        f"# {workload.title}",
         "",
         "Written by `benchmarks/engine.py` (see `benchmarks/README.md`). Command, from the repo root:",
         "",
@@ -24,9 +26,7 @@ def render(report: dict[str, Any]) -> str:
         f"{report['machine']['platform']}; Python {report['machine']['python']}, "
         f"torch {report['machine']['torch']}, ray {report['machine']['ray']}",
         f"- Load average (1/5/15 min) before: {report['load_before']}, after: {report['load_after']}",
-        "- Workload: `examples/gpt-small.yaml`'s model and data: byte-level GPT (vocab 256, d_model "
-        "256, 8 blocks, 4 heads, seq 128, 6.48 M parameters), batch 32 in 8 microbatches, Adam lr "
-        "3e-4, stdlib corpus, seed 0; 2 torch threads per configuration in total",
+        f"- Workload: {workload.description}",
         f"- Each run: a fresh process, {plural(a['warmup'], 'warm-up step')} (not counted) then "
         f"{plural(a['steps'], 'measured step')}; {plural(a['rounds'], 'round')}, configurations "
         "interleaved round-robin (start "

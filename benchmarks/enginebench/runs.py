@@ -1,5 +1,6 @@
 """One configuration trained in this process (the child of ``engine.py --one``): a pipewave job
-on an embedded Ray cluster, torch.distributed.pipelining, or the single process."""
+on an embedded Ray cluster, torch.distributed.pipelining, or the single process, each on the
+workload of a job spec file (``Workload.spec_file``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from enginebench.config import SPEC_FILE, THREADS, Config, repo_on_path
+from enginebench.config import THREADS, Config, repo_on_path
 from enginebench.spans import (
     estimate_comm,
     ready_gaps,
@@ -20,7 +21,7 @@ from enginebench.spans import (
 )
 
 
-def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
+def run_pipewave(cfg: Config, steps: int, warmup: int, spec_file: Path) -> dict[str, Any]:
     """One pipewave job of warmup + steps steps in an embedded Ray cluster; figures after warm-up."""
     repo_on_path()
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # explicit, as the tests do (Ray 2.60 default)
@@ -33,7 +34,7 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         from pipewave.service.schedules import Costs, make_schedule, simulate
         from pipewave.service.spec import load_spec
 
-        spec = load_spec(SPEC_FILE, overrides={
+        spec = load_spec(spec_file, overrides={
             "name": f"bench-{cfg.token}-{cfg.ranks}", **cfg.spec_fields,
             "stages": cfg.ranks, "partition": "uniform", "steps": warmup + steps,
             "checkpoint": {"every_steps": None}})  # uniform: the cut torch pipelining gets
@@ -99,17 +100,17 @@ def run_pipewave(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
         disconnect()
 
 
-def run_torch(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
+def run_torch(cfg: Config, steps: int, warmup: int, spec_file: Path) -> dict[str, Any]:
     repo_on_path()
     import torch_pipelining
 
     t_start = time.time()
-    result = torch_pipelining.run(cfg.schedule, cfg.ranks, steps, warmup, SPEC_FILE)
+    result = torch_pipelining.run(cfg.schedule, cfg.ranks, steps, warmup, spec_file)
     result["total_s"] = time.time() - t_start
     return result
 
 
-def run_single(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
+def run_single(cfg: Config, steps: int, warmup: int, spec_file: Path) -> dict[str, Any]:
     """The unpipelined reference: whole model, one process, 2 threads, fused Adam."""
     repo_on_path()
     t_start = time.time()
@@ -117,12 +118,13 @@ def run_single(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
 
     from pipewave.service.spec import load_spec
     from pipewave.workers.data import get_batch, load_corpus, microbatch
-    from pipewave.workers.models import build_model, loss_fn
+    from pipewave.workers.models import model_for
 
     torch.set_num_threads(cfg.threads)
-    spec = load_spec(SPEC_FILE)
-    m, B, M = spec.model, spec.batch_size, cfg.microbatches
-    model = build_model(m, spec.seed)
+    spec = load_spec(spec_file)
+    B, M, T = spec.batch_size, cfg.microbatches, spec.seq_len
+    pm = model_for(spec.model_settings)
+    model, loss_fn = pm.build_model(spec.seed), pm.loss
     o = spec.optimizer
     opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas, eps=o.eps,
                            weight_decay=o.weight_decay, fused=True)
@@ -130,7 +132,7 @@ def run_single(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
     step_s, losses = [], []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        x, y = get_batch(corpus, spec.seed, step, B, m.seq_len)  # (B, T), (B, T)
+        x, y = get_batch(corpus, spec.seed, step, B, T)  # (B, T), (B, T)
         if M == 1:
             loss = loss_fn(model(x), y)
             loss.backward()
@@ -151,6 +153,6 @@ def run_single(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
             "total_s": time.time() - t_start}
 
 
-def run_one(cfg: Config, steps: int, warmup: int) -> dict[str, Any]:
+def run_one(cfg: Config, steps: int, warmup: int, spec_file: Path) -> dict[str, Any]:
     fn = {"pipewave": run_pipewave, "torch": run_torch, "single": run_single}[cfg.system]
-    return fn(cfg, steps, warmup)
+    return fn(cfg, steps, warmup, spec_file)

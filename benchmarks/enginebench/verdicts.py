@@ -6,14 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from enginebench.config import (
-    BUBBLE_REL_TOL,
-    HEADLINE,
-    TARGET_VS_SINGLE,
-    TARGET_VS_TORCH,
-    Config,
-    repo_on_path,
-)
+from enginebench.config import BUBBLE_REL_TOL, WORKLOADS, Config, Workload, repo_on_path
 from enginebench.spans import window_edges
 
 
@@ -154,33 +147,38 @@ def chunk_analysis(rows: dict[str, Any], steps: int, warmup: int) -> None:
         }
 
 
-def targets(rows: dict[str, Any]) -> list[dict[str, Any]]:
+_REF_KEYS = {"torch:1f1b:2": "vs_torch_1f1b_2", "single": "vs_single"}  # a target's ref -> its row key
+
+
+def targets(rows: dict[str, Any], workload: Workload = WORKLOADS["gpt"]) -> list[dict[str, Any]]:
     out = []
-    h = rows.get(HEADLINE)
-    for ref, goal, what in (("torch:1f1b:2", TARGET_VS_TORCH, "torch Schedule1F1B, 2 ranks"),
-                            ("single", TARGET_VS_SINGLE, "the unpipelined single process")):
-        key = "vs_torch_1f1b_2" if ref.startswith("torch") else "vs_single"
-        value = h[key] if h else None
-        t = {"target": f"pipewave pipedream, 2 stages >= {goal:.2f}x {what}", "goal": goal,
-             "value": value}
+    for goal in workload.targets:
+        h = rows.get(goal.config)
+        value = h[_REF_KEYS[goal.ref]] if h else None
+        t = {"target": f"{Config.parse(goal.config).label} >= {goal.goal:.2f}x {goal.what}",
+             "goal": goal.goal, "value": value}
         if value is None:
-            t.update(result="NOT RUN", detail=f"needs configs {HEADLINE} and {ref}")
+            t.update(result="NOT RUN", detail=f"needs configs {goal.config} and {goal.ref}")
         else:
-            diff = value - goal
+            diff = value - goal.goal
             t.update(result="PASS" if diff >= 0 else "MISS",
                      detail=f"{value:.3f}x, {'above' if diff >= 0 else 'below'} the target by "
-                            f"{abs(diff):.3f}x ({abs(diff) / goal:.1%})")
+                            f"{abs(diff):.3f}x ({abs(diff) / goal.goal:.1%})")
         out.append(t)
     one = rows.get("single-1t")
-    if one and h and rows.get("torch:1f1b:2"):
+    vs_torch = [g for g in workload.targets if g.ref == "torch:1f1b:2"]
+    top = max(vs_torch, key=lambda g: g.goal) if vs_torch else None  # the highest goal vs torch
+    h = rows.get(top.config) if top else None
+    if one and h and top and rows.get("torch:1f1b:2"):
         bound = 2 * one["samples_per_s"]
         t1 = rows["torch:1f1b:2"]["samples_per_s"]
+        c = Config.parse(top.config)
         out.append({
             "target": "context: ideal 2-core pipeline = 2 x one core (single-1t)", "goal": None,
             "value": bound, "result": "INFO",
             "detail": f"{bound:.2f} samples/s; torch 1F1B 2 ranks reaches {t1 / bound:.1%} of it, "
-                      f"pipedream 2 stages {h['samples_per_s'] / bound:.1%}; "
-                      f"{TARGET_VS_TORCH:.2f}x torch 1F1B would need {TARGET_VS_TORCH * t1 / bound:.1%}",
+                      f"{c.schedule} {c.ranks} stages {h['samples_per_s'] / bound:.1%}; "
+                      f"{top.goal:.2f}x torch 1F1B would need {top.goal * t1 / bound:.1%}",
         })
     for name, row in rows.items():  # chunked schedules (issue 7): informational comparisons
         if row["system"] not in ("pipewave", "torch") or row["chunks"] < 2:
