@@ -27,19 +27,21 @@ def results(stem: str) -> tuple[dict[str, Any], str]:
     return json.loads((BENCH / f"{stem}.json").read_text()), (BENCH / f"{stem}.md").read_text()
 
 
-def test_engine_report_is_rebuilt_from_its_json() -> None:
-    data, markdown = results("results")
+@pytest.mark.parametrize("stem", ["results", "llama-results"])
+def test_engine_report_is_rebuilt_from_its_json(stem: str) -> None:
+    data, markdown = results(stem)
     assert report.render(data) == markdown
 
 
-def test_engine_verdicts_follow_from_the_raw_runs() -> None:
-    data, _ = results("results")
+@pytest.mark.parametrize("stem", ["results", "llama-results"])
+def test_engine_verdicts_follow_from_the_raw_runs(stem: str) -> None:
+    data, _ = results(stem)
     args = data["args"]
     configs = [config.Config.parse(name) for name in args["configs"]]
     rows = verdicts.aggregate(configs, data["runs"])
     verdicts.chunk_analysis(rows, args["steps"], args["warmup"])
     assert rows == data["rows"]
-    assert verdicts.targets(rows) == data["targets"]
+    assert verdicts.targets(rows, config.WORKLOADS[data.get("workload", "gpt")]) == data["targets"]
 
 
 @pytest.mark.parametrize("stem, module", [("partition-results", "partition"),
