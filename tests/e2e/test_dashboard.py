@@ -60,7 +60,11 @@ def test_dashboard_shows_a_running_job_live(server: Server, browser: Any) -> Non
         page.wait_for_function("document.querySelector('#loss-chart')?.dataset.points >= 2", timeout=60_000)
         first = points(page, "#loss-chart")
         wait_for(lambda: points(page, "#loss-chart") > first + 3, 60, "the loss chart to gain points")
-        assert page.locator("#loss-chart circle.point").count() == points(page, "#loss-chart")
+        # the drawn points and the chart's count, read at one moment (the chart redraws live)
+        drawn, counted = page.evaluate("""() => [
+            document.querySelectorAll('#loss-chart circle.point').length,
+            Number(document.querySelector('#loss-chart').dataset.points)]""")
+        assert drawn == counted
         assert points(page, "#throughput-chart") > 0
         assert page.inner_text("#job-state") == "RUNNING"
         # the model: kind, architecture, parameters, layers
