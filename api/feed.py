@@ -62,6 +62,8 @@ class Feed:
             path = Path(ev.data["path"])
             size = sum(f.stat().st_size for f in path.glob("*") if f.is_file())
             self.store.add_checkpoint(self.job_id, ctl.step_done, str(path), size)
+            if ev.data.get("pruned"):
+                self.store.remove_checkpoints(self.job_id, list(ev.data["pruned"]))
         self.store.add_event(self.job_id, ev.kind, ev.message, _jsonable(ev.data), at=ev.time)
 
     def progress(self, step: int, loss: float | None) -> None:

@@ -128,7 +128,8 @@ class CheckpointPublic(BaseModel):
 
 
 class CheckpointList(BaseModel):
-    items: list[CheckpointPublic]
+    items: list[CheckpointPublic]  # the checkpoints on disk, oldest first
+    keep_last: int | None = None  # the job's checkpoint.keep_last: None keeps every one
 
 
 class Span(BaseModel):

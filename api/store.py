@@ -207,6 +207,12 @@ class JobStore:
             if row is not None:
                 row.checkpoint_step = step
 
+    def remove_checkpoints(self, job_id: str, steps: list[int]) -> None:
+        """Forget checkpoints the job deleted (``checkpoint.keep_last``)."""
+        with self._write, self._tx() as s:
+            s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == job_id,
+                                                  CheckpointRow.step.in_(steps)))
+
     def checkpoints(self, job_id: str) -> list[CheckpointPublic]:
         with self._session() as s:
             rows = s.scalars(select(CheckpointRow).where(CheckpointRow.job_id == job_id)

@@ -173,6 +173,9 @@ class ElasticSpec(_Strict):
 
 class CheckpointSpec(_Strict):
     every_steps: int | None = Field(None, ge=1, le=10_000_000)
+    # keep this many of the newest complete checkpoints (older ones are deleted once a newer one
+    # is complete; the newest is never deleted); None keeps them all
+    keep_last: int | None = Field(None, ge=1, le=10_000)
 
 
 ModelSpec = Annotated[GPTSpec | MLPSpec | TransformersSpec | PluginSpec, Field(discriminator="kind")]

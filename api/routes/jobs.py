@@ -135,9 +135,11 @@ def timeline(job_id: JobId, store: StoreDep) -> Timeline:
 
 @router.get("/{job_id}/checkpoints", response_model=CheckpointList)
 def checkpoints(job_id: JobId, store: StoreDep) -> CheckpointList:
-    if store.get(job_id) is None:
+    row = store.get(job_id)
+    if row is None:
         raise not_found(job_id)
-    return CheckpointList(items=store.checkpoints(job_id))
+    keep = (json.loads(row.spec_json).get("checkpoint") or {}).get("keep_last")
+    return CheckpointList(items=store.checkpoints(job_id), keep_last=keep)
 
 
 _EXPORTS = threading.Lock()  # one export at a time: each is a full pass over the weights

@@ -84,3 +84,25 @@ def prune(output: Path, keep: int) -> None:
     dirs = sorted(root.glob("step-*")) if root.is_dir() else []
     for d in dirs[: max(0, len(dirs) - keep)]:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def retain(output: Path, keep_last: int) -> list[int]:
+    """Keep the ``keep_last`` newest *complete* checkpoints (those with a manifest) and delete
+    the older ones, with any incomplete folder older than the newest complete one (a write cut
+    short); returns the steps deleted. The newest complete checkpoint is never deleted, and a
+    folder still being written (newer than it) is left alone, so a crash at any moment leaves
+    at least one complete checkpoint."""
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    root = output / "checkpoints"
+    dirs = sorted(root.glob("step-*")) if root.is_dir() else []
+    complete = [d for d in dirs if (d / "manifest.json").is_file()]
+    if not complete:
+        return []
+    kept = set(complete[-keep_last:])
+    newest = complete[-1]
+    doomed = [d for d in dirs if d not in kept and d.name < newest.name]
+    for d in doomed:
+        (d / "manifest.json").unlink(missing_ok=True)  # (incomplete first: never half a checkpoint)
+        shutil.rmtree(d, ignore_errors=True)
+    return [int(d.name.split("-")[1]) for d in doomed]

@@ -87,7 +87,14 @@ class StagesMixin(JobBase):
                   for s, (f, chunks) in enumerate(zip(files, self._layout(), strict=True))]
         ckpt.write_manifest(d, self.step_done, self.spec.model_dump(mode="json"), stages)
         self.checkpoints.append(str(d))
-        self._emit("checkpoint", f"checkpoint at step {self.step_done}", path=str(d))
+        keep = self.spec.checkpoint.keep_last
+        pruned = ckpt.retain(self.output, keep) if keep is not None else []
+        if pruned:
+            gone = {str(ckpt.step_dir(self.output, p)) for p in pruned}
+            self.checkpoints[:] = [c for c in self.checkpoints if c not in gone]
+        note = f" (deleted step {', '.join(map(str, pruned))}: keep_last {keep})" if pruned else ""
+        self._emit("checkpoint", f"checkpoint at step {self.step_done}{note}", path=str(d),
+                   pruned=pruned)
 
     def _check_checkpoint(self, record: ckpt.CheckpointRecord) -> dict[str, Any]:
         """Refuse another job's checkpoint; return its spec (resolved stages, microbatches)."""

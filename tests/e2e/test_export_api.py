@@ -43,3 +43,18 @@ def test_export_a_checkpoint_over_rest(server: Server) -> None:
         assert r.status_code == 422 and "inside the data root" in r.json()["detail"]
         r = c.post("/jobs", json=tiny_job(name="missing", init_from="no-such-folder"))
         assert r.status_code == 422 and "init_from: no such file or folder" in r.json()["detail"]
+
+
+def test_checkpoints_list_what_keep_last_leaves(server: Server) -> None:
+    with server.client() as c:
+        r = c.post("/jobs", json=tiny_job(name="kept", steps=6,
+                                          checkpoint={"every_steps": 2, "keep_last": 1}))
+        assert r.status_code == 201, r.text
+        job = server.wait_state(r.json()["id"], {"SUCCEEDED", "FAILED"})
+        assert job["state"] == "SUCCEEDED", job
+        listed = c.get(f"/jobs/{job['id']}/checkpoints").json()
+        assert listed["keep_last"] == 1 and [cp["step"] for cp in listed["items"]] == [6]
+        assert sorted(p.name for p in (server.home / "jobs" / job["id"] / "checkpoints").iterdir()) \
+            == ["step-000006"]
+        r = c.post("/jobs", json=tiny_job(name="bad", checkpoint={"keep_last": 0}))
+        assert r.status_code == 422 and "checkpoint.keep_last" in r.json()["detail"]
