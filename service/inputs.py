@@ -145,13 +145,13 @@ def _check_init_from(spec: JobSpec, model: PipelineModel) -> None:
         saved = JobSpec.model_validate(json.loads(manifest.read_text())["spec"])
         from pipewave.workers.models import model_for
 
-        theirs = model_for(saved.model_settings).layer_names()
+        theirs = model_for(saved.model_settings)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SpecError(f"invalid job spec: init_from: not a readable checkpoint: "
                         f"{_first_line(err)}") from None
-    if theirs != model.layer_names() or model_for(saved.model_settings).info() != model.info():
+    if theirs.layer_names() != model.layer_names() or theirs.info() != model.info():
         raise SpecError("invalid job spec: init_from: the checkpoint is of another model "
-                        f"({saved.model.kind}, {len(theirs)} layers)")
+                        f"({saved.model.kind}, {theirs.num_layers()} layers)")
 
 
 def _first_line(err: BaseException) -> str:

@@ -464,9 +464,10 @@ def _initialise(module: nn.Module, names: list[str], model: PipelineModel, sourc
         import json
 
         tensors: dict[str, torch.Tensor] = {}
+        wanted = set(names)
         for entry in json.loads((source / "manifest.json").read_text())["stages"]:
             payload = torch.load(source / entry["file"], map_location="cpu", weights_only=True)
-            tensors.update({k: v for k, v in payload["model"].items() if k in set(names)})
+            tensors.update({k: v for k, v in payload["model"].items() if k in wanted})
     else:
         tensors = model.read_export(source, names)
     params = dict(module.named_parameters())

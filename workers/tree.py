@@ -10,6 +10,8 @@ an 8-byte-aligned offset, so one send and one receive move them.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +57,7 @@ class Layout:
 
     @property
     def nbytes(self) -> int:
-        return sum(_numel(s) * _itemsize(d) for s, d in zip(self.shapes, self.dtypes, strict=True))
+        return sum(math.prod(s) * d.itemsize for s, d in zip(self.shapes, self.dtypes, strict=True))
 
     # -- the buffer a message travels in -------------------------------------------------------
     @property
@@ -66,13 +68,16 @@ class Layout:
         """An empty receive buffer for one message."""
         if self.single:
             return torch.empty(self.shapes[0], dtype=self.dtypes[0], device=device)
-        return torch.empty(self._offsets()[-1], dtype=torch.uint8, device=device)
+        return torch.empty(self._offsets[-1], dtype=torch.uint8, device=device)
 
+    @functools.cached_property
     def _offsets(self) -> list[int]:
+        """Each leaf's byte offset in a packed message (8-byte aligned), then the total; once
+        per layout, not per message."""
         out, at = [], 0
         for s, d in zip(self.shapes, self.dtypes, strict=True):
             out.append(at)
-            at += -(-(_numel(s) * _itemsize(d)) // ALIGN) * ALIGN
+            at += -(-(math.prod(s) * d.itemsize) // ALIGN) * ALIGN
         return [*out, at]
 
     def pack(self, flat: list[Tensor]) -> Tensor:
@@ -80,7 +85,7 @@ class Layout:
         self._check(flat)
         if self.single:
             return flat[0].contiguous()
-        offsets = self._offsets()
+        offsets = self._offsets
         buf = torch.empty(offsets[-1], dtype=torch.uint8, device=flat[0].device)
         for t, at in zip(flat, offsets, strict=False):
             raw = t.detach().contiguous().reshape(-1).view(torch.uint8)
@@ -91,10 +96,10 @@ class Layout:
         """The leaves of a received message (views into ``buf``)."""
         if self.single:
             return [buf]
-        offsets = self._offsets()
+        offsets = self._offsets
         out = []
         for s, d, at in zip(self.shapes, self.dtypes, offsets, strict=False):
-            n = _numel(s) * _itemsize(d)
+            n = math.prod(s) * d.itemsize
             out.append(buf[at:at + n].view(d).view(s))
         return out
 
@@ -107,17 +112,6 @@ class Layout:
         if got != want:
             raise RuntimeError(f"stage boundary mismatch: the layer gave {_show(got)}, the "
                                f"boundary expects {_show(want)}")
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def _show(items: tuple[tuple[tuple[int, ...], torch.dtype], ...]) -> str:

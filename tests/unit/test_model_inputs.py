@@ -37,3 +37,19 @@ def test_train_refuses_in_one_line(root: Path, fields: dict[str, Any], message: 
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert err.startswith("error: invalid job spec: ") and message in err, err
     assert not (root / "out").exists()
+
+
+def test_init_from_a_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from harness import new_spec
+    from pipewave.service.spec import SpecError, parse_spec
+
+    spec = new_spec()
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": "pipewave-checkpoint/1", "step": 1, "spec": spec.model_dump(mode="json"),
+         "stages": []}))
+    fields = {**spec.model_dump(mode="json"), "init_from": str(tmp_path)}
+    assert parse_spec(fields).init_from == str(tmp_path)  # the same model: accepted
+    with pytest.raises(SpecError, match=r"init_from: the checkpoint is of another model \(gpt, 6 layers\)"):
+        parse_spec({**fields, "model": {"kind": "mlp", "seq_len": 16}})
